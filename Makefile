@@ -1,0 +1,54 @@
+# Working on the template. `make` lists the targets; `make test` is what CI runs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYNCED := $(VENV)/.synced
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+DEMO_DIR ?= $(CURDIR)/build/demo
+# The demo's torch index: PyTorch's CPU index when it answers, else pip's configured indexes only.
+DEMO_TORCH_INDEX_URL ?= $(shell $(PYTHON) -c "import urllib.request as r; u = 'https://download.pytorch.org/whl/cpu'; r.urlopen(u + '/', timeout=5); print(u)" 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: help demo test test-fast lint lock bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(SYNCED): requirements/dev.txt
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip-tools
+	$(PY) -m piptools sync --quiet requirements/dev.txt
+	@touch $@
+
+demo: $(SYNCED) ## Bake the default project (CPU build) into build/demo and train it
+	rm -rf $(DEMO_DIR)
+	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) . cuda_version=cpu
+	$(MAKE) -C $(DEMO_DIR)/digit-classifier train TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL)
+
+test: $(SYNCED) ## Run the whole test suite (bakes, real envs, end-to-end training)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(SYNCED) ## Run the quick subset (no slow end-to-end tests)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(SYNCED) ## Lint the template's own code
+	$(PY) -m ruff check hooks tests benchmarks
+	$(PY) -m ruff format --check hooks tests benchmarks
+
+lock: $(SYNCED) ## Re-lock requirements/dev.in (UPGRADE=1 upgrades)
+	CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile --quiet --generate-hashes \
+	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
+	  --output-file requirements/dev.txt requirements/dev.in
+
+bench: $(SYNCED) ## Print bake, bake-to-model and training-loop figures
+	$(PY) benchmarks/bench.py
+
+clean: ## Remove the demo, caches and the template's environment
+	rm -rf build $(VENV) .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,95 @@
+"""Checks on the template's answers, shared by the pre-generation hook and the tests.
+
+Every problem is reported as one line that says what is wrong and how to fix it, so a user
+who mistyped two answers learns about both at once.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+from collections.abc import Mapping
+
+# Top-level modules the generated project imports (runtime, tests and tooling). A package of
+# the same name would shadow them; tests/test_answers.py keeps this list in step with the code.
+PROJECT_IMPORTS = frozenset(
+    {
+        "torch", "numpy", "sklearn", "yaml", "tqdm", "matplotlib", "PIL", "pynvml",
+        "pytest", "piptools", "setuptools", "pip", "ruff",
+    }
+)
+# CPython's own test package, and names pytest and the src layout give a meaning of their own.
+SPECIAL_NAMES = frozenset({"test", "tests", "conftest", "src"})
+
+SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+def name_problem(name: str) -> str | None:
+    if any(ch.isalnum() for ch in name):
+        return None
+    return f"project_name {name!r} has no letters or digits to name the project by"
+
+
+def slug_problem(slug: str) -> str | None:
+    if not slug:
+        return "project_slug is empty: give a project_name with letters or digits, or set project_slug"
+    if not SLUG.match(slug):
+        return (
+            f"project_slug {slug!r} must be lowercase letters and digits separated by single "
+            "hyphens (e.g. 'digit-classifier')"
+        )
+    return None
+
+
+def package_problem(name: str) -> str | None:
+    hint = "; set package_name to a lowercase identifier such as 'digit_classifier'"
+    if not name:
+        return "package_name is empty" + hint
+    if name[0].isdigit():
+        return f"package_name {name!r} starts with a digit" + hint
+    if "-" in name:
+        return f"package_name {name!r} contains a hyphen, which Python cannot import" + hint
+    if name != name.lower():
+        return f"package_name {name!r} has uppercase letters (PEP 8 wants lowercase)" + hint
+    if not PACKAGE.match(name):
+        return f"package_name {name!r} is not a valid Python identifier" + hint
+    if keyword.iskeyword(name):
+        return f"package_name {name!r} is a Python keyword" + hint
+    taken = sys.stdlib_module_names | SPECIAL_NAMES | {m.lower() for m in PROJECT_IMPORTS}
+    if name in taken:
+        return f"package_name {name!r} would shadow the module {name!r} that the project imports" + hint
+    return None
+
+
+def choice_problem(key: str, value: str, allowed: list[str], what: str) -> str | None:
+    if value in allowed:
+        return None
+    return f"{key} {value!r} is not supported {what}; choose one of: {', '.join(allowed)}"
+
+
+def email_problem(email: str) -> str | None:
+    if EMAIL.match(email):
+        return None
+    return f"author_email {email!r} is not an e-mail address; use the form name@example.com"
+
+
+def problems(context: Mapping[str, object]) -> list[str]:
+    """All problems with a cookiecutter context (the rendered answers plus private keys)."""
+    choices = context["_choices"]
+    torch = f"by torch {context['_torch_version']}"
+    found = [
+        name_problem(str(context["project_name"])),
+        slug_problem(str(context["project_slug"])),
+        package_problem(str(context["package_name"])),
+        choice_problem("python_version", str(context["python_version"]), choices["python_version"], torch),
+        choice_problem("cuda_version", str(context["cuda_version"]), choices["cuda_version"], torch),
+        choice_problem(
+            "open_source_license", str(context["open_source_license"]),
+            choices["open_source_license"], "by this template",
+        ),
+        email_problem(str(context["author_email"])),
+    ]
+    return [p for p in found if p]

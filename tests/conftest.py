@@ -1,0 +1,92 @@
+"""Bake helpers, the option matrix and shared fixtures for the template's tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+COOKIECUTTER_JSON = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+CHOICES: dict[str, list[str]] = COOKIECUTTER_JSON["_choices"]
+DEFAULT_SLUG = "digit-classifier"
+DEFAULT_PACKAGE = "digit_classifier"
+GPU_VARIANTS = [v for v in CHOICES["cuda_version"] if v != "cpu"]
+
+sys.path.insert(0, str(TEMPLATE / "hooks"))
+# The venv's tools (uv, cookiecutter) must be on PATH for baked Makefiles, however pytest was started.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def option_matrix() -> list[dict[str, str]]:
+    """The defaults, then every other allowed value of each option, one change at a time."""
+    variants: list[dict[str, str]] = [{}]
+    for key, values in CHOICES.items():
+        variants += [{key: value} for value in values if value != COOKIECUTTER_JSON[key]]
+    variants.append({"project_name": "Café Lab"})
+    return variants
+
+
+def option_id(options: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
+def bake(output_dir: Path, **answers: str) -> subprocess.CompletedProcess:
+    """Run the real cookiecutter CLI, hooks included, with --no-input and the given answers."""
+    args = [f"{key}={value}" for key, value in answers.items()]
+    return subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(output_dir), str(TEMPLATE), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def bake_ok(output_dir: Path, **answers: str) -> Path:
+    result = bake(output_dir, **answers)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (project,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return project
+
+
+def run_make(project: Path, *targets: str, env: dict[str, str] | None = None, timeout: int = 900):
+    """`make` in a baked project as a user would run it; the torch index is pip's configuration
+    (TORCH_INDEX_URL empty) because PyTorch's own index is unreachable from CI machines."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "TORCH_INDEX_URL=", *targets],
+        cwd=project,
+        env=env or os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def cpu_project(tmp_path_factory) -> Path:
+    """A baked CPU project whose environment `make env` built for real (the uv path)."""
+    assert shutil.which("uv"), "uv comes with the template's dev requirements"
+    project = bake_ok(tmp_path_factory.mktemp("cpu-project"), cuda_version="cpu")
+    result = run_make(project, "env")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project
+
+
+@pytest.fixture(scope="session")
+def project_python(cpu_project) -> Path:
+    """The interpreter of a real project environment, to run any baked project's own tests."""
+    return cpu_project / ".venv" / "bin" / "python"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """The generated suites of non-default variants belong to the slow run; the defaults' stays fast."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.originalname == "test_generated_fast_tests_pass" and callspec and callspec.id != "defaults":
+            item.add_marker(pytest.mark.slow)

@@ -1,0 +1,125 @@
+"""Baked projects across the option matrix: files, rendering, parsing, make, lint, own tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tomllib
+
+import pytest
+import yaml
+
+from .conftest import (
+    COOKIECUTTER_JSON,
+    DEFAULT_PACKAGE,
+    GPU_VARIANTS,
+    bake_ok,
+    option_id,
+    option_matrix,
+    run_make,
+)
+
+MATRIX = option_matrix()
+EXPECTED_FILES = [
+    "README.md", "LICENSE", "Makefile", "env.yml", "pyproject.toml", ".gitignore", ".cruft.json",
+    "requirements/prod.in", "requirements/dev.in", "configs/train.yaml", "tools/envtool.py",
+    "data/.gitkeep", "models/.gitkeep", "runs/.gitkeep",
+]
+PACKAGE_FILES = [
+    "__init__.py", "__main__.py", "cli.py", "config.py", "data.py", "model.py", "train.py",
+    "evaluate.py", "predict.py", "checkpoint.py", "device.py", "variants.py", "errors.py", "plots.py",
+]
+MAKE_TARGETS = ["help", "env", "lock", "sync", "train", "evaluate", "test", "lint", "format", "clean", "clean-env"]
+
+
+@pytest.fixture(scope="module", params=MATRIX, ids=[option_id(o) for o in MATRIX])
+def baked(request, tmp_path_factory):
+    options = request.param
+    project = bake_ok(tmp_path_factory.mktemp("bake"), **options)
+    return options, project
+
+
+def package_dir(project):
+    (init,) = project.glob("src/*/__init__.py")
+    return init.parent
+
+
+def test_expected_files(baked):
+    _, project = baked
+    for name in EXPECTED_FILES:
+        assert (project / name).is_file(), name
+    for name in PACKAGE_FILES:
+        assert (package_dir(project) / name).is_file(), name
+
+
+def test_nothing_left_unrendered(baked):
+    _, project = baked
+    for path in project.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert not re.search(r"\{\{|\{%|\{#|cookiecutter\.", text), path
+
+
+def test_structured_files_parse(baked):
+    options, project = baked
+    env = yaml.safe_load((project / "env.yml").read_text())
+    assert env["name"] == project.name
+    yaml.safe_load((project / "configs" / "train.yaml").read_text())
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == f">={options.get('python_version', '3.11')}"
+    cruft = json.loads((project / ".cruft.json").read_text())
+    answers = cruft["context"]["cookiecutter"]
+    for key, value in options.items():
+        assert answers[key] == value
+    assert not any(k.startswith("_") and k != "_template" for k in answers)
+
+
+def test_env_yml_pins_python_and_cuda(baked):
+    options, project = baked
+    deps = yaml.safe_load((project / "env.yml").read_text())["dependencies"]
+    cuda = options.get("cuda_version", COOKIECUTTER_JSON["cuda_version"])
+    assert f"python={options.get('python_version', COOKIECUTTER_JSON['python_version'])}" in deps
+    cuda_pins = [d for d in deps if str(d).startswith("cuda-version")]
+    assert cuda_pins == ([] if cuda == "cpu" else [f"cuda-version={cuda}"])
+
+
+def test_make_dry_runs_every_target(baked):
+    _, project = baked
+    for target in MAKE_TARGETS:
+        result = subprocess.run(["make", "-n", target], cwd=project, capture_output=True, text=True)
+        assert result.returncode == 0, f"make -n {target}: {result.stderr}"
+    result = subprocess.run(["make", "-n", "infer", "INPUT=x.png"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_make_help_lists_the_life_cycle(baked):
+    _, project = baked
+    out = subprocess.run(["make"], cwd=project, capture_output=True, text=True, check=True).stdout
+    for target in ["env", "lock", "sync", "variant", "train", "evaluate", "infer", "test", "lint", "format", "clean"]:
+        assert re.search(rf"^  {target} ", out, re.M), target
+
+
+def test_ruff_clean(baked):
+    _, project = baked
+    for command in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
+        result = subprocess.run(command, cwd=project, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_license_matches_the_answer(baked):
+    options, project = baked
+    text = (project / "LICENSE").read_text()
+    expected = {"MIT": "MIT License", "BSD-3-Clause": "BSD 3-Clause License",
+                "Apache-2.0": "Apache License, Version 2.0", "Proprietary": "All rights reserved"}
+    assert expected[options.get("open_source_license", "MIT")] in text
+    assert COOKIECUTTER_JSON["author_name"] in text
+
+
+def test_generated_fast_tests_pass(baked, project_python):
+    """Every variant's own suite, in a real project environment (slow except for the defaults)."""
+    _, project = baked
+    result = subprocess.run([str(project_python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                            cwd=project, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\d+ passed", result.stdout)

@@ -1,0 +1,103 @@
+"""The generated project's environment tooling: variant switch, index probe, uv sources, GPU pins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from .conftest import GPU_VARIANTS, bake_ok
+
+
+def make_dry(project, *args):
+    result = subprocess.run(["make", "-n", *args], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def envtool(project, *args, env=None):
+    return subprocess.run([sys.executable, "tools/envtool.py", *args], cwd=project, capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cpu_bake(tmp_path_factory):
+    return bake_ok(tmp_path_factory.mktemp("tools"), cuda_version="cpu")
+
+
+@pytest.mark.parametrize("cuda", GPU_VARIANTS + ["cpu"])
+def test_lock_and_sync_use_the_variants_torch_index(tmp_path, cuda):
+    project = bake_ok(tmp_path, cuda_version=cuda)
+    tag = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
+    url = f"https://download.pytorch.org/whl/{tag}"
+    for target in ("lock", "sync"):
+        out = make_dry(project, target)
+        assert f"--extra-index-url {url}" in out, out
+        assert f"check-index {url}" in out
+    prod_in = (project / "requirements" / "prod.in").read_text()
+    assert "torch==2.13.0" in prod_in and "download.pytorch.org" not in prod_in, (
+        "the index belongs to the Makefile, never to the lock inputs"
+    )
+    assert f"torch build {tag}" in subprocess.run(["make"], cwd=project, capture_output=True, text=True).stdout
+
+
+def test_empty_torch_index_means_pip_configuration_only(cpu_bake):
+    out = make_dry(cpu_bake, "lock", "TORCH_INDEX_URL=")
+    assert "download.pytorch.org" not in out and "check-index" not in out
+
+
+@pytest.mark.parametrize("cuda", ["12.6", "13.0", "cpu"])
+def test_variant_switch_rewrites_the_one_pin(tmp_path, cuda):
+    project = bake_ok(tmp_path, cuda_version="13.0" if cuda == "cpu" else "cpu")
+    result = envtool(project, "set-variant", cuda)
+    assert result.returncode == 0, result.stderr
+    deps = yaml.safe_load((project / "env.yml").read_text())["dependencies"]
+    assert [d for d in deps if d.startswith("cuda-version")] == ([] if cuda == "cpu" else [f"cuda-version={cuda}"])
+    tag = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
+    assert f"https://download.pytorch.org/whl/{tag}" in make_dry(project, "lock")
+    out = make_dry(project, "variant", f"CUDA={cuda}")
+    assert "set-variant" in out and "rm -f requirements/prod.txt requirements/dev.txt" in out
+
+
+def test_variant_switch_rejects_unknown_builds(cpu_bake):
+    before = (cpu_bake / "env.yml").read_text()
+    result = envtool(cpu_bake, "set-variant", "11.8")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: CUDA='11.8' is not a build of this project; "
+                                     "choose one of: 13.0, 12.6, cpu")
+    assert (cpu_bake / "env.yml").read_text() == before
+    result = subprocess.run(["make", "variant"], cwd=cpu_bake, capture_output=True, text=True)
+    assert result.returncode != 0 and "make variant CUDA=12.6" in result.stderr
+
+
+def test_unreachable_torch_index_fails_fast_with_advice(cpu_bake):
+    started = time.monotonic()
+    result = envtool(cpu_bake, "check-index", "http://127.0.0.1:9/whl/cpu")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert "cannot reach the PyTorch index http://127.0.0.1:9/whl/cpu" in line
+    assert "TORCH_INDEX_URL=" in line
+
+
+def test_uv_gets_pips_configured_sources(cpu_bake):
+    env = {**os.environ, "PIP_FIND_LINKS": "/srv/wheels", "PIP_EXTRA_INDEX_URL": "https://a.example/simple https://b.example/simple"}
+    result = envtool(cpu_bake, "uv-sources", env=env)
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.split()
+    for option, value in [("--find-links", "/srv/wheels"), ("--extra-index-url", "https://a.example/simple"),
+                          ("--extra-index-url", "https://b.example/simple")]:
+        assert args[args.index(value) - 1] == option
+
+
+def test_missing_python_gets_one_clear_line(cpu_bake):
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no pyenv, no uv, no conda
+    result = subprocess.run(["make", "env", "PYTHON_VERSION=3.99", "CONDA=", "UV="], cwd=cpu_bake,
+                            capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "error: python3.99 not found" in result.stderr
+    assert not (cpu_bake / ".venv").exists()

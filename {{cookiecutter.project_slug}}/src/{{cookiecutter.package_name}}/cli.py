@@ -1,0 +1,140 @@
+"""Command line: `python -m {{ cookiecutter.package_name }} <command>`; every make target calls this.
+
+Heavy libraries are imported inside the commands, so `--help` and usage errors answer at once.
+Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .config import check_device_spec
+from .errors import UsageError, UserError
+
+PROG = "{{ cookiecutter.package_name }}"
+DEFAULT_CONFIG = "configs/train.yaml"
+DEFAULT_MODEL = "models/model.pt"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(args.config, args.overrides)  # before importing torch: mistakes answer at once
+    from .train import train
+
+    result = train(config, progress=not args.no_progress)
+    metrics = result.metrics
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['device']} "
+        f"in {metrics['seconds']:.1f}s\nrun   {result.run_dir}\nmodel {result.model_path}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.model, args.device)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(
+            f"test accuracy {metrics['test_accuracy']:.4f}  loss {metrics['test_loss']:.4f}  "
+            f"({metrics['test_samples']} samples, {metrics['model']}, {metrics['device']})"
+        )
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .predict import Predictor, load_inputs
+
+    predictor = Predictor(args.model, args.device)
+    failed = 0
+    for path in args.paths:
+        try:
+            named = load_inputs(path)
+        except UserError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        predictions = predictor.predict(np.stack([sample for _, sample in named]))
+        for (name, _), pred in zip(named, predictions, strict=True):
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "input": name,
+                            "label": pred.label,
+                            "confidence": pred.confidence,
+                            "probabilities": pred.probabilities,
+                        }
+                    )
+                )
+            else:
+                print(f"{name}: {pred.label} (confidence {pred.confidence:.3f})")
+    return 1 if failed else 0
+
+
+def device_arg(spec: str) -> str:
+    try:
+        return check_device_spec(spec)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="{{ cookiecutter.description }}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train the example model",
+        description="Train, write runs/<run-id>/ and promote the model to models/model.pt.",
+        epilog="Overrides: section.key=value, e.g. optim.epochs=5 data.batch_size=128 device=cpu",
+    )
+    train.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="recompute test metrics of a saved model",
+        description="Score a saved model on the test split it was trained with.",
+    )
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    evaluate.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    infer = commands.add_parser(
+        "infer",
+        help="predict digits in images or .npy arrays",
+        description="Predict PNG/JPEG images of one digit (any size, either polarity) and .npy "
+        "arrays of 8x8 samples in the training scale 0-16 ((8, 8), (N, 8, 8), (64,) or (N, 64)).",
+    )
+    infer.add_argument("paths", nargs="+", metavar="PATH", help="image or .npy files")
+    infer.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    infer.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
+    infer.add_argument("--json", action="store_true", help="one JSON object per sample")
+    infer.set_defaults(handler=cmd_infer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
