@@ -47,7 +47,7 @@ lock: $(SYNCED) ## Re-lock requirements/dev.in (UPGRADE=1 upgrades)
 	  --output-file requirements/dev.txt requirements/dev.in
 
 bench: $(SYNCED) ## Print bake, bake-to-model and training-loop figures
-	$(PY) benchmarks/bench.py
+	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) $(PY) benchmarks/bench.py
 
 clean: ## Remove the demo, caches and the template's environment
 	rm -rf build $(VENV) .pytest_cache .ruff_cache

@@ -15,8 +15,19 @@ from collections.abc import Mapping
 # the same name would shadow them; tests/test_answers.py keeps this list in step with the code.
 PROJECT_IMPORTS = frozenset(
     {
-        "torch", "numpy", "sklearn", "yaml", "tqdm", "matplotlib", "PIL", "pynvml",
-        "pytest", "piptools", "setuptools", "pip", "ruff",
+        "torch",
+        "numpy",
+        "sklearn",
+        "yaml",
+        "tqdm",
+        "matplotlib",
+        "PIL",
+        "pynvml",
+        "pytest",
+        "piptools",
+        "setuptools",
+        "pip",
+        "ruff",
     }
 )
 # CPython's own test package, and names pytest and the src layout give a meaning of their own.
@@ -87,8 +98,10 @@ def problems(context: Mapping[str, object]) -> list[str]:
         choice_problem("python_version", str(context["python_version"]), choices["python_version"], torch),
         choice_problem("cuda_version", str(context["cuda_version"]), choices["cuda_version"], torch),
         choice_problem(
-            "open_source_license", str(context["open_source_license"]),
-            choices["open_source_license"], "by this template",
+            "open_source_license",
+            str(context["open_source_license"]),
+            choices["open_source_license"],
+            "by this template",
         ),
         email_problem(str(context["author_email"])),
     ]

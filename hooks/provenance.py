@@ -19,7 +19,10 @@ def template_commit(repo_dir: str) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", repo_dir, "rev-parse", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None

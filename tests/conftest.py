@@ -14,9 +14,6 @@ import pytest
 TEMPLATE = Path(__file__).resolve().parent.parent
 COOKIECUTTER_JSON = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 CHOICES: dict[str, list[str]] = COOKIECUTTER_JSON["_choices"]
-DEFAULT_SLUG = "digit-classifier"
-DEFAULT_PACKAGE = "digit_classifier"
-GPU_VARIANTS = [v for v in CHOICES["cuda_version"] if v != "cpu"]
 
 sys.path.insert(0, str(TEMPLATE / "hooks"))
 # The venv's tools (uv, cookiecutter) must be on PATH for baked Makefiles, however pytest was started.
@@ -40,7 +37,16 @@ def bake(output_dir: Path, **answers: str) -> subprocess.CompletedProcess:
     """Run the real cookiecutter CLI, hooks included, with --no-input and the given answers."""
     args = [f"{key}={value}" for key, value in answers.items()]
     return subprocess.run(
-        [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(output_dir), str(TEMPLATE), *args],
+        [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            "--no-input",
+            "--output-dir",
+            str(output_dir),
+            str(TEMPLATE),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=120,

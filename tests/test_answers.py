@@ -51,8 +51,13 @@ def test_bad_answer_is_rejected_and_nothing_is_written(tmp_path, answers, messag
 
 
 def test_every_problem_is_reported_at_once():
-    context = {**COOKIECUTTER_JSON, "project_slug": "ok", "package_name": "Bad-Name",
-               "cuda_version": "11.8", "author_email": "nope"}
+    context = {
+        **COOKIECUTTER_JSON,
+        "project_slug": "ok",
+        "package_name": "Bad-Name",
+        "cuda_version": "11.8",
+        "author_email": "nope",
+    }
     found = problems(context)
     assert len(found) == 3
     assert all("\n" not in line for line in found)
@@ -75,8 +80,11 @@ def test_explicitly_empty_slug_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "slug", "package"),
-    [("Café Lab", "cafe-lab", "cafe_lab"), ("Über  Vision 2", "uber-vision-2", "uber_vision_2"),
-     ("Naïve Bayes—Test", "naive-bayes-test", "naive_bayes_test")],
+    [
+        ("Café Lab", "cafe-lab", "cafe_lab"),
+        ("Über  Vision 2", "uber-vision-2", "uber_vision_2"),
+        ("Naïve Bayes—Test", "naive-bayes-test", "naive_bayes_test"),
+    ],
     ids=["accent", "umlaut-spaces-digit", "diaeresis-dash"],
 )
 def test_non_ascii_names_are_slugified(tmp_path, name, slug, package):

@@ -12,25 +12,57 @@ import yaml
 
 from .conftest import (
     COOKIECUTTER_JSON,
-    DEFAULT_PACKAGE,
-    GPU_VARIANTS,
     bake_ok,
     option_id,
     option_matrix,
-    run_make,
 )
 
 MATRIX = option_matrix()
 EXPECTED_FILES = [
-    "README.md", "LICENSE", "Makefile", "env.yml", "pyproject.toml", ".gitignore", ".cruft.json",
-    "requirements/prod.in", "requirements/dev.in", "configs/train.yaml", "tools/envtool.py",
-    "data/.gitkeep", "models/.gitkeep", "runs/.gitkeep",
+    "README.md",
+    "LICENSE",
+    "Makefile",
+    "env.yml",
+    "pyproject.toml",
+    ".gitignore",
+    ".cruft.json",
+    "requirements/prod.in",
+    "requirements/dev.in",
+    "configs/train.yaml",
+    "tools/envtool.py",
+    "data/.gitkeep",
+    "models/.gitkeep",
+    "runs/.gitkeep",
 ]
 PACKAGE_FILES = [
-    "__init__.py", "__main__.py", "cli.py", "config.py", "data.py", "model.py", "train.py",
-    "evaluate.py", "predict.py", "checkpoint.py", "device.py", "variants.py", "errors.py", "plots.py",
+    "__init__.py",
+    "__main__.py",
+    "cli.py",
+    "config.py",
+    "data.py",
+    "model.py",
+    "train.py",
+    "evaluate.py",
+    "predict.py",
+    "checkpoint.py",
+    "device.py",
+    "variants.py",
+    "errors.py",
+    "plots.py",
 ]
-MAKE_TARGETS = ["help", "env", "lock", "sync", "train", "evaluate", "test", "lint", "format", "clean", "clean-env"]
+MAKE_TARGETS = [
+    "help",
+    "env",
+    "lock",
+    "sync",
+    "train",
+    "evaluate",
+    "test",
+    "lint",
+    "format",
+    "clean",
+    "clean-env",
+]
 
 
 @pytest.fixture(scope="module", params=MATRIX, ids=[option_id(o) for o in MATRIX])
@@ -89,14 +121,28 @@ def test_make_dry_runs_every_target(baked):
     for target in MAKE_TARGETS:
         result = subprocess.run(["make", "-n", target], cwd=project, capture_output=True, text=True)
         assert result.returncode == 0, f"make -n {target}: {result.stderr}"
-    result = subprocess.run(["make", "-n", "infer", "INPUT=x.png"], cwd=project, capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "-n", "infer", "INPUT=x.png"], cwd=project, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_make_help_lists_the_life_cycle(baked):
     _, project = baked
     out = subprocess.run(["make"], cwd=project, capture_output=True, text=True, check=True).stdout
-    for target in ["env", "lock", "sync", "variant", "train", "evaluate", "infer", "test", "lint", "format", "clean"]:
+    for target in [
+        "env",
+        "lock",
+        "sync",
+        "variant",
+        "train",
+        "evaluate",
+        "infer",
+        "test",
+        "lint",
+        "format",
+        "clean",
+    ]:
         assert re.search(rf"^  {target} ", out, re.M), target
 
 
@@ -110,8 +156,12 @@ def test_ruff_clean(baked):
 def test_license_matches_the_answer(baked):
     options, project = baked
     text = (project / "LICENSE").read_text()
-    expected = {"MIT": "MIT License", "BSD-3-Clause": "BSD 3-Clause License",
-                "Apache-2.0": "Apache License, Version 2.0", "Proprietary": "All rights reserved"}
+    expected = {
+        "MIT": "MIT License",
+        "BSD-3-Clause": "BSD 3-Clause License",
+        "Apache-2.0": "Apache License, Version 2.0",
+        "Proprietary": "All rights reserved",
+    }
     assert expected[options.get("open_source_license", "MIT")] in text
     assert COOKIECUTTER_JSON["author_name"] in text
 
@@ -119,7 +169,12 @@ def test_license_matches_the_answer(baked):
 def test_generated_fast_tests_pass(baked, project_python):
     """Every variant's own suite, in a real project environment (slow except for the defaults)."""
     _, project = baked
-    result = subprocess.run([str(project_python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-                            cwd=project, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(project_python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout)

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from .conftest import GPU_VARIANTS, bake_ok
+from .conftest import CHOICES, bake_ok
 
 
 def make_dry(project, *args):
@@ -20,8 +20,14 @@ def make_dry(project, *args):
 
 
 def envtool(project, *args, env=None):
-    return subprocess.run([sys.executable, "tools/envtool.py", *args], cwd=project, capture_output=True,
-                          text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "tools/envtool.py", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +35,7 @@ def cpu_bake(tmp_path_factory):
     return bake_ok(tmp_path_factory.mktemp("tools"), cuda_version="cpu")
 
 
-@pytest.mark.parametrize("cuda", GPU_VARIANTS + ["cpu"])
+@pytest.mark.parametrize("cuda", CHOICES["cuda_version"])
 def test_lock_and_sync_use_the_variants_torch_index(tmp_path, cuda):
     project = bake_ok(tmp_path, cuda_version=cuda)
     tag = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
@@ -42,7 +48,9 @@ def test_lock_and_sync_use_the_variants_torch_index(tmp_path, cuda):
     assert "torch==2.13.0" in prod_in and "download.pytorch.org" not in prod_in, (
         "the index belongs to the Makefile, never to the lock inputs"
     )
-    assert f"torch build {tag}" in subprocess.run(["make"], cwd=project, capture_output=True, text=True).stdout
+    assert (
+        f"torch build {tag}" in subprocess.run(["make"], cwd=project, capture_output=True, text=True).stdout
+    )
 
 
 def test_empty_torch_index_means_pip_configuration_only(cpu_bake):
@@ -56,7 +64,9 @@ def test_variant_switch_rewrites_the_one_pin(tmp_path, cuda):
     result = envtool(project, "set-variant", cuda)
     assert result.returncode == 0, result.stderr
     deps = yaml.safe_load((project / "env.yml").read_text())["dependencies"]
-    assert [d for d in deps if d.startswith("cuda-version")] == ([] if cuda == "cpu" else [f"cuda-version={cuda}"])
+    assert [d for d in deps if d.startswith("cuda-version")] == (
+        [] if cuda == "cpu" else [f"cuda-version={cuda}"]
+    )
     tag = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
     assert f"https://download.pytorch.org/whl/{tag}" in make_dry(project, "lock")
     out = make_dry(project, "variant", f"CUDA={cuda}")
@@ -67,8 +77,9 @@ def test_variant_switch_rejects_unknown_builds(cpu_bake):
     before = (cpu_bake / "env.yml").read_text()
     result = envtool(cpu_bake, "set-variant", "11.8")
     assert result.returncode == 1
-    assert result.stderr.strip() == ("error: CUDA='11.8' is not a build of this project; "
-                                     "choose one of: 13.0, 12.6, cpu")
+    assert result.stderr.strip() == (
+        "error: CUDA='11.8' is not a build of this project; choose one of: 13.0, 12.6, cpu"
+    )
     assert (cpu_bake / "env.yml").read_text() == before
     result = subprocess.run(["make", "variant"], cwd=cpu_bake, capture_output=True, text=True)
     assert result.returncode != 0 and "make variant CUDA=12.6" in result.stderr
@@ -85,19 +96,31 @@ def test_unreachable_torch_index_fails_fast_with_advice(cpu_bake):
 
 
 def test_uv_gets_pips_configured_sources(cpu_bake):
-    env = {**os.environ, "PIP_FIND_LINKS": "/srv/wheels", "PIP_EXTRA_INDEX_URL": "https://a.example/simple https://b.example/simple"}
+    env = {
+        **os.environ,
+        "PIP_FIND_LINKS": "/srv/wheels",
+        "PIP_EXTRA_INDEX_URL": "https://a.example/simple https://b.example/simple",
+    }
     result = envtool(cpu_bake, "uv-sources", env=env)
     assert result.returncode == 0, result.stderr
     args = result.stdout.split()
-    for option, value in [("--find-links", "/srv/wheels"), ("--extra-index-url", "https://a.example/simple"),
-                          ("--extra-index-url", "https://b.example/simple")]:
+    for option, value in [
+        ("--find-links", "/srv/wheels"),
+        ("--extra-index-url", "https://a.example/simple"),
+        ("--extra-index-url", "https://b.example/simple"),
+    ]:
         assert args[args.index(value) - 1] == option
 
 
 def test_missing_python_gets_one_clear_line(cpu_bake):
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no pyenv, no uv, no conda
-    result = subprocess.run(["make", "env", "PYTHON_VERSION=3.99", "CONDA=", "UV="], cwd=cpu_bake,
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        ["make", "env", "PYTHON_VERSION=3.99", "CONDA=", "UV="],
+        cwd=cpu_bake,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode != 0
     assert "error: python3.99 not found" in result.stderr
     assert not (cpu_bake / ".venv").exists()

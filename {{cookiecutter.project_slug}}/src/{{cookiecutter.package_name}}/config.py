@@ -12,7 +12,6 @@ import yaml
 
 from .errors import UsageError, UserError
 
-
 DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 

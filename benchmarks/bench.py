@@ -1,0 +1,153 @@
+"""Figures for the template: bake time, fresh bake -> trained model, training-loop overhead.
+
+Run with `make bench`. Prints numbers (and ratios against a baseline measured in the same run);
+nothing here is asserted. Goals: bake <= 0.5 s; fresh bake -> model <= 45 s on 2 cores (uv path);
+the generated train loop within 3 % of a bare PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# `make bench` passes the same index as `make demo`: PyTorch's CPU index when it answers, else empty.
+TORCH_INDEX_URL = os.environ.get("TORCH_INDEX_URL", "")
+
+LOOP_SCRIPT = r"""
+import os, statistics, sys, time
+import torch, torch.nn.functional as F
+from tqdm import tqdm
+from digit_classifier.config import load_config
+from digit_classifier.data import load_splits, make_loader
+from digit_classifier.model import build_model
+from digit_classifier.train import train_one_epoch
+
+config = load_config("configs/train.yaml")
+splits = load_splits(config.seed, config.data.val_fraction, config.data.test_fraction)
+device = torch.device("cpu")
+EPOCHS, ROUNDS = 3, 7
+
+def fresh():
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
+    loader = make_loader(splits.train, config.data.batch_size, shuffle=True, seed=config.seed)
+    return model, optimizer, loader
+
+def bare(model, optimizer, loader):
+    model.train()
+    for inputs, targets in loader:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+
+def template(model, optimizer, loader):
+    with open(os.devnull, "w") as sink, tqdm(total=len(loader), file=sink) as bar:
+        train_one_epoch(model, loader, optimizer, device, bar.update)
+
+def timed(loop):
+    model, optimizer, loader = fresh()
+    loop(model, optimizer, loader)  # warm-up epoch
+    start = time.perf_counter()
+    for _ in range(EPOCHS):
+        loop(model, optimizer, loader)
+    return EPOCHS * len(splits.train) / (time.perf_counter() - start)
+
+rates = {"bare": [], "template": []}
+for _ in range(ROUNDS):  # interleaved, so drift in machine load hits both alike
+    rates["bare"].append(timed(bare))
+    rates["template"].append(timed(template))
+bare_rate, template_rate = statistics.median(rates["bare"]), statistics.median(rates["template"])
+print(f"{bare_rate:.0f} {template_rate:.0f}")
+"""
+
+
+def timed_run(command: list[str], cwd: Path, env: dict | None = None) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(
+            f"benchmark step failed: {' '.join(command)}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
+    return elapsed
+
+
+def bake(out: Path) -> tuple[float, Path]:
+    command = [
+        str(BIN / "cookiecutter"),
+        "--no-input",
+        "--output-dir",
+        str(out),
+        str(TEMPLATE),
+        "cuda_version=cpu",
+    ]
+    return timed_run(command, cwd=out), out / "digit-classifier"
+
+
+def bake_to_model(work: Path, label: str, env: dict) -> dict[str, float]:
+    seconds, project = bake(work)
+    make = ["make", "--no-print-directory", f"TORCH_INDEX_URL={TORCH_INDEX_URL}"]
+    figures = {"bake": seconds}
+    figures["env (venv + lock + sync)"] = timed_run([*make, "env"], project, env)
+    figures["train (default config)"] = timed_run([*make, "train", "ARGS=--no-progress"], project, env)
+    figures["total"] = sum(figures.values())
+    print(f"\nFresh bake -> trained model, {label}")
+    for name, value in figures.items():
+        print(f"  {name:28s} {value:6.1f} s")
+    return figures
+
+
+def main() -> None:
+    print(f"Machine: {os.cpu_count()} cores; torch index: {TORCH_INDEX_URL or '(pip configuration)'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        times = []
+        for i in range(7):
+            (tmp / f"b{i}").mkdir()
+            times.append(bake(tmp / f"b{i}")[0])
+        median = statistics.median(times)
+        print(f"\nBake (cookiecutter --no-input, hooks included), 7 runs: median {median:.2f} s, ", end="")
+        print(f"min {min(times):.2f} s   goal <= 0.5 s")
+
+        with_uv = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        (tmp / "uv").mkdir()
+        uv = bake_to_model(tmp / "uv", "uv path (warm uv cache)", with_uv)
+        (tmp / "uv-cold").mkdir()
+        cold = bake_to_model(
+            tmp / "uv-cold", "uv path (empty uv cache)", {**with_uv, "UV_CACHE_DIR": str(tmp / "uv-cache")}
+        )
+        no_uv_path = os.pathsep.join(
+            p for p in with_uv["PATH"].split(os.pathsep) if not (Path(p) / "uv").exists()
+        )
+        (tmp / "pip").mkdir()
+        pip = bake_to_model(tmp / "pip", "pip-tools path (no uv on PATH)", {**os.environ, "PATH": no_uv_path})
+        env_ratio = pip["env (venv + lock + sync)"] / uv["env (venv + lock + sync)"]
+        print(f"  goal <= 45 s: uv {uv['total']:.1f} s (empty cache {cold['total']:.1f} s), ", end="")
+        print(f"pip-tools {pip['total']:.1f} s; pip-tools env / uv env = {env_ratio:.1f}x")
+
+        project = tmp / "uv" / "digit-classifier"
+        out = subprocess.run(
+            [str(project / ".venv" / "bin" / "python"), "-c", LOOP_SCRIPT],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        bare, template = map(float, out)
+        print("\nTraining loop, same model/data/batch size, 7 interleaved rounds of 3 epochs (median)")
+        print(f"  bare PyTorch loop      {bare:8.0f} samples/s")
+        print(f"  generated train loop   {template:8.0f} samples/s")
+        print(f"  ratio template/bare    {template / bare:8.3f}   goal >= 0.97")
+
+
+if __name__ == "__main__":
+    main()
