@@ -29,7 +29,7 @@ $(SYNCED): requirements/dev.txt
 demo: $(SYNCED) ## Bake the default project (CPU build) into build/demo and train it
 	rm -rf $(DEMO_DIR)
 	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) . cuda_version=cpu
-	$(MAKE) -C $(DEMO_DIR)/digit-classifier train TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL)
+	$(MAKE) -C $$(ls -d $(DEMO_DIR)/*/) train TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL)
 
 test: $(SYNCED) ## Run the whole test suite (bakes, real envs, end-to-end training)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -89,20 +89,14 @@ def email_problem(email: str) -> str | None:
 
 def problems(context: Mapping[str, object]) -> list[str]:
     """All problems with a cookiecutter context (the rendered answers plus private keys)."""
-    choices = context["_choices"]
     torch = f"by torch {context['_torch_version']}"
     found = [
         name_problem(str(context["project_name"])),
         slug_problem(str(context["project_slug"])),
         package_problem(str(context["package_name"])),
-        choice_problem("python_version", str(context["python_version"]), choices["python_version"], torch),
-        choice_problem("cuda_version", str(context["cuda_version"]), choices["cuda_version"], torch),
-        choice_problem(
-            "open_source_license",
-            str(context["open_source_license"]),
-            choices["open_source_license"],
-            "by this template",
-        ),
         email_problem(str(context["author_email"])),
     ]
+    for key, allowed in context["_choices"].items():
+        what = torch if key in ("python_version", "cuda_version") else "by this template"
+        found.append(choice_problem(key, str(context[key]), allowed, what))
     return [p for p in found if p]

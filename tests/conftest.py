@@ -89,6 +89,14 @@ def project_python(cpu_project) -> Path:
     return cpu_project / ".venv" / "bin" / "python"
 
 
+@pytest.fixture(scope="session")
+def nvml_stub(tmp_path_factory) -> Path:
+    """The fake libnvidia-ml.so.1, compiled once: put it on LD_LIBRARY_PATH with nvml_stub.stub_env."""
+    from .nvml_stub import build_stub
+
+    return build_stub(tmp_path_factory.mktemp("nvml-stub"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """The generated suites of non-default variants belong to the slow run; the defaults' stays fast."""

@@ -49,6 +49,11 @@ PACKAGE_FILES = [
     "variants.py",
     "errors.py",
     "plots.py",
+    "gpu/__init__.py",
+    "gpu/checks.py",
+    "gpu/report.py",
+    "gpu/snapshot.py",
+    "gpu/visible.py",
 ]
 MAKE_TARGETS = [
     "help",
@@ -57,6 +62,7 @@ MAKE_TARGETS = [
     "sync",
     "train",
     "evaluate",
+    "gpu-check",
     "test",
     "lint",
     "format",
@@ -138,6 +144,7 @@ def test_make_help_lists_the_life_cycle(baked):
         "train",
         "evaluate",
         "infer",
+        "gpu-check",
         "test",
         "lint",
         "format",

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from {{ cookiecutter.package_name }}.variants import WHEEL_TAGS  # noqa: E402
+from {{ cookiecutter.package_name }}.variants import CUDA_PIN, WHEEL_TAGS  # noqa: E402
 
 
 def fail(message: str) -> int:
@@ -61,7 +61,7 @@ def uv_sources() -> int:
 def set_variant(cuda: str, env_file: Path = ROOT / "env.yml") -> int:
     if cuda not in WHEEL_TAGS:
         return fail(f"CUDA={cuda!r} is not a build of this project; choose one of: {', '.join(WHEEL_TAGS)}")
-    lines = [line for line in env_file.read_text().splitlines() if not re.match(r"\s*- cuda-version=", line)]
+    lines = [line for line in env_file.read_text().splitlines() if not CUDA_PIN.match(line)]
     python = next(i for i, line in enumerate(lines) if re.match(r"\s*- python=", line))
     if cuda != "cpu":
         indent = lines[python][: len(lines[python]) - len(lines[python].lstrip())]

@@ -1,25 +1,63 @@
-"""Turn the `device` setting into a torch device, failing early with a clear line."""
+"""Turn the `device` setting into a torch device, with the GPU preflight's verdict up front.
+
+A CUDA device that cannot work (no driver, an old driver, a GPU the wheels have no kernels for, a
+CPU-only torch) fails here in one line instead of as a CUDA stack trace minutes later; `auto`
+falls back to the CPU with one warning line when a GPU was expected.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
 from .config import check_device_spec
 from .errors import UserError
+from .gpu.checks import FAIL, run_checks
+from .variants import BUILDS, project_cuda
+
+
+def installed_build() -> str:
+    """The build key of the installed torch ("13.0", "cpu", ...), as far as this project knows it."""
+    if torch.version.cuda is None:
+        return "cpu"
+    key = ".".join(torch.version.cuda.split(".")[:2])
+    same_major = [k for k in BUILDS if k.split(".")[0] == key.split(".")[0]]
+    return key if key in BUILDS else (same_major or ["cpu"])[0]
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA will not work for this project here, or None when it will."""
+    report = run_checks(project_cuda() or installed_build())
+    failed = report.first(FAIL)
+    if failed:
+        return failed.message
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} cannot initialise CUDA (torch.cuda.is_available() is False)"
+    return None
+
+
+def gpu_expected() -> bool:
+    return torch.version.cuda is not None or (project_cuda() or "cpu") != "cpu"
 
 
 def resolve_device(spec: str) -> torch.device:
     check_device_spec(spec)
+    if spec == "cpu":
+        return torch.device("cpu")
+    problem = cuda_problem()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if problem is None:
+            return torch.device("cuda")
+        if gpu_expected():
+            print(f"warning: CUDA is not usable, running on the CPU: {problem}", file=sys.stderr)
+        return torch.device("cpu")
+    if problem:
+        raise UserError(
+            f"device {spec!r} requested but CUDA is not usable: {problem} (details: make gpu-check)"
+        )
     device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"device {spec!r} requested but CUDA is not usable here "
-                f"(torch {torch.__version__}); use device=cpu or device=auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            count = torch.cuda.device_count()
-            raise UserError(f"device {spec!r} requested but only {count} GPU(s) are visible")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"device {spec!r} requested but only {count} GPU(s) are visible")
     return device
