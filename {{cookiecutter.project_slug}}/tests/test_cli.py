@@ -79,6 +79,8 @@ def test_infer_reports_bad_inputs_and_still_predicts_good_ones(trained, splits, 
     result = run(
         "infer",
         "--json",
+        "--device",
+        "cpu",  # the tests must not depend on the machine having a GPU
         "--model",
         trained.model_path,
         tmp_path / "missing.npy",

@@ -37,8 +37,9 @@ def score(model: torch.nn.Module, loader, device: torch.device) -> Score:
 
 def evaluate(model_path: str | Path, device_spec: str = "auto") -> dict:
     """Test-split metrics of a saved model, on the split it was trained with."""
+    model, payload = load_model(model_path)  # a bad file is reported before any device question
     device = resolve_device(device_spec)
-    model, payload = load_model(model_path, device)
+    model.to(device)
     config = payload["config"]
     splits = load_splits(config["seed"], config["data"]["val_fraction"], config["data"]["test_fraction"])
     loader = make_loader(splits.test, config["data"]["batch_size"], shuffle=False, seed=config["seed"])

@@ -112,8 +112,9 @@ class Predictor:
     """A loaded model that predicts batches of (N, 8, 8) samples."""
 
     def __init__(self, model_path: str | Path, device: str = "auto") -> None:
+        self.model, self.checkpoint = load_model(model_path)  # a bad file first, then the device
         self.device = resolve_device(device)
-        self.model, self.checkpoint = load_model(model_path, self.device)
+        self.model.to(self.device)
 
     @torch.inference_mode()
     def predict(self, samples: np.ndarray) -> list[Prediction]:

@@ -8,6 +8,7 @@ container) are left out of the report rather than passed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -314,15 +315,11 @@ def container_toolkit_found() -> str | None:
                 return f"CDI spec {spec}"
     if shutil.which("docker"):
         try:
-            runtimes = subprocess.run(
-                ["docker", "info", "--format", "{{ '{{json .Runtimes}}' }}"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout
+            info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=5).stdout
         except (OSError, subprocess.SubprocessError):
-            runtimes = ""
-        if '"nvidia"' in runtimes:
+            info = ""
+        runtimes = re.search(r"^\s*Runtimes:(.*)$", info, re.M)
+        if runtimes and "nvidia" in runtimes[1].split():
             return "docker runtime 'nvidia'"
     return None
 
