@@ -15,7 +15,11 @@ DEMO_DIR ?= $(CURDIR)/build/demo
 DEMO_TORCH_INDEX_URL ?= $(shell $(PYTHON) -c "import urllib.request as r; u = 'https://download.pytorch.org/whl/cpu'; r.urlopen(u + '/', timeout=5); print(u)" 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: help demo test test-fast lint lock bench clean
+# The container tests need an engine, compose and debootstrap (Debian packages); installed when
+# missing and this is a root shell with apt, otherwise those tests skip and say why.
+CONTAINER_PACKAGES := docker.io docker-compose debootstrap
+
+.PHONY: help demo test test-fast lint lock bench clean container-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,7 +35,19 @@ demo: $(SYNCED) ## Bake the default project (CPU build) into build/demo and trai
 	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) . cuda_version=cpu
 	$(MAKE) -C $$(ls -d $(DEMO_DIR)/*/) train TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL)
 
-test: $(SYNCED) ## Run the whole test suite (bakes, real envs, end-to-end training)
+container-tools:
+	@missing=$$(for tool in dockerd docker-compose debootstrap; do command -v $$tool >/dev/null || echo $$tool; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing $(CONTAINER_PACKAGES) for the container tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq $(CONTAINER_PACKAGES) >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq $(CONTAINER_PACKAGES) >/dev/null; } \
+	      || echo "note: could not install $(CONTAINER_PACKAGES); the container tests will skip"; \
+	  else echo "note: missing $$missing; the container tests will skip"; fi; \
+	fi
+
+test: $(SYNCED) container-tools ## Run the whole test suite (bakes, real envs, training, Docker builds)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(SYNCED) ## Run the quick subset (no slow end-to-end tests)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, write_digit_png
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 
@@ -93,3 +93,19 @@ def test_infer_reports_bad_inputs_and_still_predicts_good_ones(trained, splits, 
     assert all({"input", "label", "confidence"} <= line.keys() for line in lines)
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 2 and "no such file" in errors[0] and "not a readable" in errors[1]
+
+
+@pytest.mark.parametrize("kind", ["png", "npy"])
+def test_infer_reads_standard_input(trained, splits, tmp_path, kind):
+    if kind == "png":
+        path = write_digit_png(splits.test.images[0], tmp_path / "digit.png")
+    else:
+        path = tmp_path / "batch.npy"
+        np.save(path, splits.test.images[:2])
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    model = ["--model", str(trained.model_path)]
+    command = [sys.executable, "-m", PACKAGE, "infer", "--json", "--device", "cpu", *model, "-"]
+    result = subprocess.run(command, input=path.read_bytes(), env=env, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    names = [json.loads(line)["input"] for line in result.stdout.decode().splitlines()]
+    assert names == (["<stdin>"] if kind == "png" else ["<stdin>[0]", "<stdin>[1]"])

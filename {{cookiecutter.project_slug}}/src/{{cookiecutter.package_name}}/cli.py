@@ -13,7 +13,8 @@ import sys
 from . import __version__
 from .config import check_device_spec
 from .errors import UsageError, UserError
-from .variants import BUILDS
+from .gpu.__main__ import add_arguments as add_gpu_arguments
+from .gpu.__main__ import run as cmd_gpu_check
 
 PROG = "{{ cookiecutter.package_name }}"
 DEFAULT_CONFIG = "configs/train.yaml"
@@ -81,19 +82,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_gpu_check(args: argparse.Namespace) -> int:
-    from .gpu.checks import FAIL, WARN, run_checks
-    from .gpu.report import render_text, to_json
-    from .variants import project_cuda
-
-    cuda = args.cuda or project_cuda()
-    if cuda is None:
-        raise UsageError("no env.yml here to read the project's CUDA build from; pass --cuda")
-    report = run_checks(cuda, docker=args.docker)
-    print(json.dumps(to_json(report)) if args.json else render_text(report))
-    return 1 if report.status == FAIL or (args.strict and report.status == WARN) else 0
-
-
 def device_arg(spec: str) -> str:
     try:
         return check_device_spec(spec)
@@ -133,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict PNG/JPEG images of one digit (any size, either polarity) and .npy "
         "arrays of 8x8 samples in the training scale 0-16 ((8, 8), (N, 8, 8), (64,) or (N, 64)).",
     )
-    infer.add_argument("paths", nargs="+", metavar="PATH", help="image or .npy files")
+    infer.add_argument("paths", nargs="+", metavar="PATH", help="image or .npy files; - reads standard input")
     infer.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     infer.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
     infer.add_argument("--json", action="store_true", help="one JSON object per sample")
@@ -146,10 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compatibility, GPU architecture, MIG, compute mode, CUDA_VISIBLE_DEVICES, the installed torch, "
         "/dev/shm and (with --docker) the NVIDIA Container Toolkit. Exit 0 pass/warn, 1 fail.",
     )
-    gpu.add_argument("--json", action="store_true", help="print one JSON object")
-    gpu.add_argument("--strict", action="store_true", help="treat warnings as failures (exit 1)")
-    gpu.add_argument("--cuda", choices=list(BUILDS), help="check another build than env.yml's")
-    gpu.add_argument("--docker", action="store_true", help="also check the NVIDIA Container Toolkit")
+    add_gpu_arguments(gpu)
     gpu.set_defaults(handler=cmd_gpu_check)
     return parser
 

@@ -5,6 +5,8 @@ Shared by `infer` (and later the HTTP server) so every entry point preprocesses 
 
 from __future__ import annotations
 
+import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from .errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SINGLE_SHAPES = ((IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE * IMAGE_SIZE,))
+NPY_MAGIC = b"\x93NUMPY"
+STDIN = "<stdin>"
 INK_THRESHOLD = 0.2  # fraction of the strongest ink that counts as part of the digit
 
 
@@ -68,37 +72,47 @@ def image_to_sample(image) -> np.ndarray:
     return np.clip(sample / max(sample.max(), 1e-6), 0.0, 1.0) * PIXEL_MAX
 
 
-def load_image(path: Path) -> np.ndarray:
+def load_image(source, name: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return image_to_sample(image)
     except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"{path}: not a readable PNG/JPEG image ({err.__class__.__name__})") from None
+        raise UserError(f"{name}: not a readable PNG/JPEG image ({err.__class__.__name__})") from None
     except ValueError as err:
-        raise UserError(f"{path}: {err}") from None
+        raise UserError(f"{name}: {err}") from None
+
+
+def load_array(source, name: str) -> list[tuple[str, np.ndarray]]:
+    """A .npy file: one sample keeps the file's name, a batch gives `name[i]`."""
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"{name}: not a readable .npy array ({err})") from None
+    samples = validate_samples(array, name)
+    if np.shape(array) in SINGLE_SHAPES:
+        return [(name, samples[0])]
+    return [(f"{name}[{i}]", sample) for i, sample in enumerate(samples)]
 
 
 def load_inputs(path: str | Path) -> list[tuple[str, np.ndarray]]:
-    """One file -> named (8, 8) samples; a batch array gives `file.npy[i]` names."""
+    """One file, or `-` for standard input (an image or a .npy, told apart by their first bytes)."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read()
+        if data.startswith(NPY_MAGIC):
+            return load_array(io.BytesIO(data), STDIN)
+        return [(STDIN, load_image(io.BytesIO(data), STDIN))]
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        return [(str(path), load_image(path))]
+        return [(str(path), load_image(path, str(path)))]
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise UserError(f"{path}: not a readable .npy array ({err})") from None
-        samples = validate_samples(array, str(path))
-        if np.shape(array) in SINGLE_SHAPES:
-            return [(str(path), samples[0])]
-        return [(f"{path}[{i}]", sample) for i, sample in enumerate(samples)]
-    raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use .png, .jpg, .jpeg or .npy")
+        return load_array(path, str(path))
+    raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use .png, .jpg, .jpeg, .npy or -")
 
 
 @dataclass(frozen=True)

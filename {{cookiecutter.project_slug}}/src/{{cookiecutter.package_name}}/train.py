@@ -6,6 +6,7 @@ import json
 import random
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,7 +107,9 @@ def train(config: Config, *, progress: bool = True) -> TrainResult:
 
     history = []
     total = config.optim.epochs * len(loaders["train"])
-    with tqdm(total=total, unit="batch", desc="train", disable=not progress, dynamic_ncols=True) as bar:
+    # A live bar on a terminal; one line per epoch in logs (CI, containers), where a bar is noise.
+    live = progress and sys.stderr.isatty()
+    with tqdm(total=total, unit="batch", desc="train", disable=not live, dynamic_ncols=True) as bar:
         for epoch in range(1, config.optim.epochs + 1):
             train_loss, train_acc = train_one_epoch(model, loaders["train"], optimizer, device, bar.update)
             val = score(model, loaders["val"], device)
@@ -120,9 +123,12 @@ def train(config: Config, *, progress: bool = True) -> TrainResult:
                     "val_accuracy": val.accuracy,
                 }
             )
-            bar.set_postfix(
-                epoch=epoch, loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", val_acc=f"{val.accuracy:.3f}"
-            )
+            status = dict(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", val_acc=f"{val.accuracy:.3f}")
+            if live:
+                bar.set_postfix(epoch=epoch, **status)
+            elif progress:
+                fields = " ".join(f"{key} {value}" for key, value in status.items())
+                print(f"epoch {epoch}/{config.optim.epochs} {fields}", file=sys.stderr)
 
     test = score(model, loaders["test"], device)
     metrics = {

@@ -289,10 +289,9 @@ def check_torch_build(build: Build, snapshot: Snapshot) -> Check | None:
 
 
 def check_shm(path: str = "/dev/shm") -> Check | None:
-    try:
-        stats = os.statvfs(path)
-    except (OSError, AttributeError):  # no /dev/shm (macOS, Windows)
+    if not hasattr(os, "statvfs") or not os.path.isdir(path):  # no /dev/shm on macOS or Windows
         return None
+    stats = os.statvfs(path)
     size = stats.f_frsize * stats.f_blocks
     if size < SHM_MINIMUM:
         return Check(
@@ -316,7 +315,7 @@ def container_toolkit_found() -> str | None:
     if shutil.which("docker"):
         try:
             info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=5).stdout
-        except (OSError, subprocess.SubprocessError):
+        except subprocess.TimeoutExpired:  # an engine that hangs has no usable runtime either
             info = ""
         runtimes = re.search(r"^\s*Runtimes:(.*)$", info, re.M)
         if runtimes and "nvidia" in runtimes[1].split():

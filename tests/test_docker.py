@@ -1,0 +1,220 @@
+"""The generated Dockerfile and compose file: linted and validated for every build, and (slow) built
+and run for real on a local engine with a registry-free base image."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import CHOICES, bake_ok, run_make
+from .containers import (
+    Unavailable,
+    build_settings,
+    docker,
+    docker_engine,
+    ensure_python_base,
+    image_ids,
+    remove_images_since,
+)
+
+BIN = Path(sys.executable).parent
+COMPOSE_ENV = {"PYTHON_VERSION": "3.11", "TORCH_INDEX_URL": "", "DOCKER_UID": "1000", "DOCKER_GID": "1000"}
+
+
+@pytest.fixture(
+    scope="module", params=CHOICES["cuda_version"], ids=[f"cuda={c}" for c in CHOICES["cuda_version"]]
+)
+def variant(request, tmp_path_factory):
+    return request.param, bake_ok(
+        tmp_path_factory.mktemp("docker"), cuda_version=request.param, gpu_check="skip"
+    )
+
+
+def test_hadolint_clean(variant):
+    _, project = variant
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "Dockerfile"], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def compose_config(project: Path, **env: str) -> subprocess.CompletedProcess:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (make test installs Debian's docker-compose)")
+    return subprocess.run(
+        ["docker-compose", "config"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **COMPOSE_ENV, **env},
+    )
+
+
+def test_compose_config_accepts_it_with_gpu_reservations_per_build(variant):
+    cuda, project = variant
+    result = compose_config(project)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name, service in services.items():
+        assert service["shm_size"] in ("2gb", "2g", 2147483648), name
+        assert service["user"] == "1000:1000"
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        gpu = cuda != "cpu" and not name.endswith("-cpu")
+        assert bool(devices) == gpu, name
+        if gpu:
+            assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert {"train", "infer", "gpu-check"} <= services.keys()
+    if cuda != "cpu":
+        assert {"train-cpu", "infer-cpu"} <= services.keys()
+        two = yaml.safe_load(compose_config(project, GPU_COUNT="2").stdout)["services"]["train"]
+        assert two["deploy"]["resources"]["reservations"]["devices"][0]["count"] in (2, "2")
+    assert "/app/models" not in json.dumps(services["infer"].get("volumes", [])), (
+        "infer uses the baked weights"
+    )
+
+
+def test_compose_config_rejects_a_typo(tmp_path):
+    broken = bake_ok(tmp_path, cuda_version="13.0", gpu_check="skip")
+    path = broken / "docker-compose.yml"
+    path.write_text(path.read_text().replace("capabilities:", "capabilites:"))
+    result = compose_config(broken)
+    assert result.returncode != 0 and "capabilites" in result.stderr
+
+
+def test_compose_schema(variant):
+    _, project = variant
+    result = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_without_make_names_the_missing_setting(variant):
+    _, project = variant
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_VERSION"}
+    result = subprocess.run(
+        ["docker-compose", "config"], cwd=project, capture_output=True, text=True, env=env
+    )
+    assert result.returncode != 0 and "PYTHON_VERSION" in result.stderr and "set by make" in result.stderr
+
+
+def test_docker_gpu_stops_at_once_without_the_toolkit(variant):
+    cuda, project = variant
+    env = {**os.environ, "PATH": "/usr/local/bin:/usr/bin:/bin"}  # no nvidia-ctk here
+    result = subprocess.run(
+        ["make", "docker-gpu"], cwd=project, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode != 0
+    if cuda == "cpu":
+        assert "this project uses the CPU build" in result.stderr
+        return
+    if "FAIL  container_toolkit" not in result.stdout:
+        pytest.skip("this machine has the NVIDIA Container Toolkit")
+    assert "NVIDIA Container Toolkit not found" in result.stdout
+    assert "docker build" not in result.stdout and "could not select device driver" not in result.stderr
+
+
+# --- real builds --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(docker_engine(tmp_path_factory.mktemp("engine")))
+            ensure_python_base("3.11")
+        except Unavailable as reason:
+            pytest.skip(f"no container engine here: {reason}")
+        yield
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_build_and_run_the_cpu_image(engine, cpu_project, tmp_path):
+    project, image = cpu_project, f"template-test-{uuid.uuid4().hex[:8]}"
+    uid = gid = "4242"
+    (project / "data" / "private.csv").write_text("secret\n")
+    (project / ".env").write_text("TOKEN=secret\n")
+    with contextlib.ExitStack() as stack:
+        settings = [
+            *stack.enter_context(build_settings()),
+            f"IMAGE={image}",
+            f"DOCKER_UID={uid}",
+            f"DOCKER_GID={gid}",
+        ]
+        before = image_ids()
+        stack.callback(remove_images_since, before)  # the tagged image and its dependency stages
+        stack.callback(lambda: run_make(project, "docker-clean", *settings))
+
+        result = run_make(project, "build", *settings)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        labels = json.loads(docker("image", "inspect", f"{image}:latest").stdout)[0]["Config"]["Labels"]
+        lock_sha = subprocess.run(
+            ["sha256sum", "requirements/prod.txt"], cwd=project, capture_output=True, text=True
+        ).stdout[:64]
+        assert labels["digit_classifier.lock-sha256"] == lock_sha
+        assert labels["org.opencontainers.image.revision"]
+
+        # not root, and nothing private or bulky in the image
+        assert docker("run", "--rm", "--entrypoint", "id", f"{image}:latest", "-u").stdout.strip() == uid
+        listing = docker("run", "--rm", "--entrypoint", "find", f"{image}:latest", "/app").stdout
+        assert "private.csv" not in listing and ".env" not in listing and ".venv" not in listing
+        assert "/app/models/model.pt" in listing and "/app/src/digit_classifier/cli.py" in listing
+
+        # inference from the baked weights, no volume at all: a digit arrives on standard input
+        digit = project / "data" / "digit.npy"
+        subprocess.run(
+            [
+                str(project / ".venv/bin/python"),
+                "-c",
+                "import numpy as np; from sklearn.datasets import load_digits; d = load_digits();"
+                f"np.save('{digit}', d.images[d.target == 7][0])",
+            ],
+            check=True,
+        )
+        infer = subprocess.run(
+            ["docker", "run", "--rm", "-i", f"{image}:latest", "infer", "--json", "-"],
+            input=digit.read_bytes(),
+            capture_output=True,
+            timeout=300,
+        )
+        assert infer.returncode == 0, infer.stderr
+        assert json.loads(infer.stdout)["label"] == 7
+
+        # training through compose writes to the mounted folders as the invoking user
+        for folder in ("data", "runs", "models"):
+            shutil.chown(project / folder, int(uid), int(gid))
+        stack.callback(
+            lambda: subprocess.run(["chown", "-R", "root:root", "data", "runs", "models"], cwd=project)
+        )
+        runs_before = set((project / "runs").iterdir())
+        result = run_make(project, "docker-cpu", "ARGS=optim.epochs=1 --no-progress", *settings)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        (new_run,) = set((project / "runs").iterdir()) - runs_before
+        for path in [new_run, *new_run.iterdir(), project / "models" / "model.pt"]:
+            assert (path.stat().st_uid, path.stat().st_gid) == (int(uid), int(gid)), path
+
+        # a source-only change rebuilds without reinstalling the dependencies
+        source = project / "src" / "digit_classifier" / "cli.py"
+        original = source.read_text()
+        stack.callback(source.write_text, original)
+        source.write_text(original + "\n# a code change\n")
+        result = run_make(project, "build", *settings)
+        assert result.returncode == 0, result.stderr[-3000:]
+        after_pip = result.stdout.split("pip install --require-hashes", 1)[1].split("Step", 1)[0]
+        assert re.search(r"Using cache|CACHED", after_pip), "the dependency layer was rebuilt"
