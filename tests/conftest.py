@@ -33,7 +33,7 @@ def option_id(options: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
-def bake(output_dir: Path, **answers: str) -> subprocess.CompletedProcess:
+def bake(output_dir: Path, env: dict[str, str] | None = None, **answers: str) -> subprocess.CompletedProcess:
     """Run the real cookiecutter CLI, hooks included, with --no-input and the given answers."""
     args = [f"{key}={value}" for key, value in answers.items()]
     return subprocess.run(
@@ -50,6 +50,7 @@ def bake(output_dir: Path, **answers: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import bake_ok
+from .conftest import bake, bake_ok
 from .nvml_stub import stub_env, write_scenario
 
 H100 = {
@@ -473,20 +472,7 @@ def fake_nvidia_smi(tmp_path) -> dict[str, str]:
 
 
 def test_hook_warn_mode_reports_and_keeps_the_project(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cookiecutter",
-            "--no-input",
-            "-o",
-            str(tmp_path),
-            str(Path(__file__).parent.parent),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = bake(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "GPU preflight for the cu130 build: WARN" in result.stdout
     assert "nvidia-ml-py is not installed in this Python" in result.stdout  # cookiecutter's Python here
@@ -497,62 +483,29 @@ def test_hook_uses_nvidia_smi_without_bindings_and_strict_aborts(tmp_path):
     env = fake_nvidia_smi(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cookiecutter",
-            "--no-input",
-            "-o",
-            str(out),
-            str(Path(__file__).parent.parent),
-            "gpu_check=strict",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = bake(out, env=env, gpu_check="strict")
     assert result.returncode != 0
     assert "Tesla P100-PCIE-16GB (sm_60): no kernels in the cu130 wheels" in result.stdout
     assert "gpu_check=strict" in result.stderr
     assert list(out.iterdir()) == [], "a strict failure leaves nothing behind"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cookiecutter",
-            "--no-input",
-            "-o",
-            str(out),
-            str(Path(__file__).parent.parent),
-            "gpu_check=strict",
-            "cuda_version=12.6",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = bake(out, env=env, gpu_check="strict", cuda_version="12.6")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "GPU preflight for the cu126 build: PASS" in result.stdout
 
 
 def test_hook_skip_mode(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cookiecutter",
-            "--no-input",
-            "-o",
-            str(tmp_path),
-            str(Path(__file__).parent.parent),
-            "gpu_check=skip",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = bake(tmp_path, gpu_check="skip")
     assert result.returncode == 0
     assert "GPU check skipped (gpu_check=skip)" in result.stdout
     assert "GPU preflight" not in result.stdout
+
+
+def test_hook_strict_treats_a_warning_as_failure(tmp_path):
+    """No driver to ask is a warning for a GPU build: enough to stop a strict bake, not a CPU one."""
+    result = bake(tmp_path, gpu_check="strict")
+    assert result.returncode != 0
+    assert "error: GPU check warn and gpu_check=strict" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    result = bake(tmp_path, gpu_check="strict", cuda_version="cpu")
+    assert result.returncode == 0, result.stderr
+    assert "GPU preflight for the cpu build: PASS" in result.stdout
