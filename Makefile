@@ -15,11 +15,10 @@ DEMO_DIR ?= $(CURDIR)/build/demo
 DEMO_TORCH_INDEX_URL ?= $(shell $(PYTHON) -c "import urllib.request as r; u = 'https://download.pytorch.org/whl/cpu'; r.urlopen(u + '/', timeout=5); print(u)" 2>/dev/null)
 PYTEST_ARGS ?=
 
-# The container tests need an engine, compose and debootstrap (Debian packages); installed when
-# missing and this is a root shell with apt, otherwise those tests skip and say why.
+# The container tests need an engine, compose and debootstrap (Debian packages).
 CONTAINER_PACKAGES := docker.io docker-compose debootstrap
 
-.PHONY: help demo test test-fast lint lock bench clean container-tools
+.PHONY: help demo test test-fast lint lock bench clean container-tools bench-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,17 +34,26 @@ demo: $(SYNCED) ## Bake the default project (CPU build) into build/demo and trai
 	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) . cuda_version=cpu
 	$(MAKE) -C $$(ls -d $(DEMO_DIR)/*/) train TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL)
 
+# $(call ensure-packages,commands,Debian packages,what needs them): install when a command is
+# missing and this is a root shell with apt; otherwise say what will skip.
+define ensure-packages
+@missing=$$(for tool in $(1); do command -v $$tool >/dev/null || echo $$tool; done); \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+    echo "Installing $(2) for $(3)"; \
+    export DEBIAN_FRONTEND=noninteractive; \
+    apt-get install -y -qq $(2) >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq $(2) >/dev/null; } \
+      || echo "note: could not install $(2); $(3) will skip"; \
+  else echo "note: missing $$missing; $(3) will skip"; fi; \
+fi
+endef
+
 container-tools:
-	@missing=$$(for tool in dockerd docker-compose debootstrap; do command -v $$tool >/dev/null || echo $$tool; done); \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "Installing $(CONTAINER_PACKAGES) for the container tests"; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq $(CONTAINER_PACKAGES) >/dev/null 2>&1 \
-	      || { apt-get update -qq && apt-get install -y -qq $(CONTAINER_PACKAGES) >/dev/null; } \
-	      || echo "note: could not install $(CONTAINER_PACKAGES); the container tests will skip"; \
-	  else echo "note: missing $$missing; the container tests will skip"; fi; \
-	fi
+	$(call ensure-packages,dockerd docker-compose debootstrap,$(CONTAINER_PACKAGES),the container tests)
+
+bench-tools:
+	$(call ensure-packages,wrk,wrk,the serving benchmark)
 
 test: $(SYNCED) container-tools ## Run the whole test suite (bakes, real envs, training, Docker builds)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -62,7 +70,7 @@ lock: $(SYNCED) ## Re-lock requirements/dev.in (UPGRADE=1 upgrades)
 	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
 	  --output-file requirements/dev.txt requirements/dev.in
 
-bench: $(SYNCED) ## Print bake, bake-to-model and training-loop figures
+bench: $(SYNCED) container-tools bench-tools ## Print bake, bake-to-model and training-loop figures
 	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) $(PY) benchmarks/bench.py
 
 clean: ## Remove the demo, caches and the template's environment

@@ -4,18 +4,23 @@ container build (full vs code-only rebuild, image size).
 Run with `make bench`. Prints numbers (and ratios against a baseline measured in the same run);
 nothing here is asserted. Goals: bake <= 0.5 s; fresh bake -> model <= 45 s on 2 cores (uv path);
 the generated train loop within 3 % of a bare PyTorch loop; a code-only image rebuild under 10 % of
-a full build; the CPU image under 1.3 GB.
+a full build; the CPU image under 1.3 GB; the server at concurrency 64 at least 1.5x the requests/s
+of a plain FastAPI server (one forward pass per request) with a p99 no worse, and at concurrency 1
+a p50 within 1 ms of it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent.parent
@@ -108,6 +113,118 @@ def bake_to_model(work: Path, label: str, env: dict) -> dict[str, float]:
     for name, value in figures.items():
         print(f"  {name:28s} {value:6.1f} s")
     return figures
+
+
+BASELINE_SERVER = """
+import os
+
+import numpy as np
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from digit_classifier.predict import Predictor
+
+predictor = Predictor(os.environ["MODEL"], "cpu")
+app = FastAPI()
+
+
+class Request(BaseModel):
+    inputs: list[list[list[float]]]
+
+
+@app.post("/predict")
+def predict(request: Request):
+    predictions = predictor.predict(np.asarray(request.inputs, dtype=np.float32))
+    labels = [p.label for p in predictions]
+    return {"predictions": labels, "probabilities": [p.probabilities for p in predictions]}
+"""
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"inputs": [[[0,0,5,13,9,1,0,0],[0,0,13,15,10,15,5,0],[0,3,15,2,0,11,8,0],[0,4,12,0,0,8,8,0],\
+[0,5,8,0,0,9,8,0],[0,4,11,0,1,12,7,0],[0,2,14,5,10,12,0,0],[0,0,6,13,10,0,0,0]]]}'
+"""
+
+
+def wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"server did not start: {url}")
+            time.sleep(0.3)
+
+
+def wrk(url: str, script: Path, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", "-d8s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    latency = {
+        p: float(v) * scale[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)
+    }
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "p50": latency["50"],
+        "p99": latency["99"],
+        "errors": int(errors[1]) if errors else 0,
+    }
+
+
+def serving_figures(project: Path, work: Path) -> None:
+    if shutil.which("wrk") is None:
+        print("\nServing figures skipped: wrk is not installed (apt-get install wrk)")
+        return
+    python, model = project / ".venv" / "bin" / "python", project / "models" / "model.pt"
+    (work / "baseline.py").write_text(BASELINE_SERVER)
+    (work / "post.lua").write_text(WRK_SCRIPT)
+    servers = {
+        "naive baseline": [
+            str(python),
+            "-m",
+            "uvicorn",
+            "baseline:app",
+            "--port",
+            "8791",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        "generated server": [str(python), "-m", "digit_classifier", "serve", "--port", "8792", "device=cpu"],
+    }
+    env = {**os.environ, "MODEL": str(model), "PYTHONPATH": f"{work}{os.pathsep}{project / 'src'}"}
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for (name, command), port in zip(servers.items(), (8791, 8792), strict=True):
+        process = subprocess.Popen(
+            command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/docs", process)
+            wrk(f"http://127.0.0.1:{port}/predict", work / "post.lua", 16)  # warm-up
+            results[name] = {
+                c: wrk(f"http://127.0.0.1:{port}/predict", work / "post.lua", c) for c in (1, 16, 64)
+            }
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    print("\nServing one sample per request, wrk 1 thread, 8 s per level")
+    print(f"  {'server':18s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s}")
+    for name, levels in results.items():
+        for c, r in levels.items():
+            print(f"  {name:18s} {c:4d} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:6d}")
+    ours, base = results["generated server"], results["naive baseline"]
+    print(
+        f"  c=64 throughput ratio {ours[64]['rps'] / base[64]['rps']:.2f}x (goal >= 1.5), "
+        f"p99 {ours[64]['p99']:.1f} vs {base[64]['p99']:.1f} ms (goal: no worse)"
+    )
+    print(f"  c=1 p50 difference {ours[1]['p50'] - base[1]['p50']:+.2f} ms (goal within 1 ms)")
 
 
 def container_figures(project: Path, work: Path) -> None:
@@ -204,6 +321,7 @@ def main() -> None:
         print(f"  generated train loop   {template:8.0f} samples/s")
         print(f"  ratio template/bare    {template / bare:8.3f}   goal >= 0.97")
 
+        serving_figures(project, tmp)
         container_figures(project, tmp)
         (tmp / "gpu").mkdir()
         docker_gpu_stop(tmp / "gpu")

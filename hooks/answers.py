@@ -28,6 +28,11 @@ PROJECT_IMPORTS = frozenset(
         "setuptools",
         "pip",
         "ruff",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "uvicorn",
+        "prometheus_client",
     }
 )
 # CPython's own test package, and names pytest and the src layout give a meaning of their own.
@@ -81,6 +86,13 @@ def choice_problem(key: str, value: str, allowed: list[str], what: str) -> str |
     return f"{key} {value!r} is not supported {what}; choose one of: {', '.join(allowed)}"
 
 
+def text_problem(key: str, value: str) -> str | None:
+    """Free text lands inside Python, TOML and YAML strings: one line, no quotes or backslashes."""
+    if any(ch in value for ch in '"\\\n\r'):
+        return f"{key} {value!r} must be one line without double quotes or backslashes"
+    return None
+
+
 def email_problem(email: str) -> str | None:
     if EMAIL.match(email):
         return None
@@ -95,6 +107,7 @@ def problems(context: Mapping[str, object]) -> list[str]:
         slug_problem(str(context["project_slug"])),
         package_problem(str(context["package_name"])),
         email_problem(str(context["author_email"])),
+        *(text_problem(key, str(context[key])) for key in ("project_name", "description", "author_name")),
     ]
     for key, allowed in context["_choices"].items():
         what = torch if key in ("python_version", "cuda_version") else "by this template"

@@ -35,6 +35,8 @@ REJECTIONS = {
     "email-no-at": ({"author_email": "me.example.com"}, "is not an e-mail address"),
     "email-no-domain-dot": ({"author_email": "me@localhost"}, "is not an e-mail address"),
     "email-space": ({"author_email": "me @example.com"}, "is not an e-mail address"),
+    "description-quote": ({"description": 'A "great" model'}, "without double quotes or backslashes"),
+    "author-backslash": ({"author_name": "Ada\\Lovelace"}, "without double quotes or backslashes"),
 }
 
 

@@ -8,8 +8,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -132,6 +135,12 @@ def test_docker_gpu_stops_at_once_without_the_toolkit(variant):
 # --- real builds --------------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     with contextlib.ExitStack() as stack:
@@ -218,3 +227,47 @@ def test_build_and_run_the_cpu_image(engine, cpu_project, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         after_pip = result.stdout.split("pip install --require-hashes", 1)[1].split("Step", 1)[0]
         assert re.search(r"Using cache|CACHED", after_pip), "the dependency layer was rebuilt"
+
+        # the server in the container: published port, healthcheck, same predictions
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHON_VERSION": "3.11",
+            "IMAGE": image,
+            "PORT": str(port),
+            "DOCKER_UID": uid,
+            "DOCKER_GID": gid,
+        }
+        compose = ["docker-compose", "--project-name", image]
+        up = subprocess.run(
+            [*compose, "up", "--detach", "--no-build", "serve"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        stack.callback(
+            lambda: subprocess.run(
+                [*compose, "down", "--remove-orphans"], cwd=project, env=env, capture_output=True, timeout=300
+            )
+        )
+        assert up.returncode == 0, up.stderr
+        container = subprocess.run(
+            [*compose, "ps", "--quiet", "serve"], cwd=project, env=env, capture_output=True, text=True
+        ).stdout.strip()
+        deadline = time.monotonic() + 120
+        while (
+            health := docker("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip()
+        ) != "healthy":
+            assert health in ("starting", "") and time.monotonic() < deadline, health
+            time.sleep(1)
+        sample = {"inputs": [[[0, 0, 5, 13, 9, 1, 0, 0]] * 8]}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict",
+            data=json.dumps(sample).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        assert len(answer["predictions"]) == 1 and len(answer["probabilities"][0]) == 10

@@ -82,6 +82,13 @@ def test_train_evaluate_infer(cpu_project, tmp_path):
     assert all(0.5 < line["confidence"] <= 1 for line in lines)
 
 
+def test_the_projects_full_suite_passes_through_make_test(cpu_project):
+    """`make test` in the baked project: its whole suite, the real-server tests included."""
+    result = run_make(cpu_project, "test", "ARGS=-q -p no:cacheprovider")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\d+ passed", result.stdout) and "deselected" not in result.stdout
+
+
 def test_infer_without_input_is_a_usage_error(cpu_project):
     result = run_make(cpu_project, "infer")
     assert result.returncode != 0

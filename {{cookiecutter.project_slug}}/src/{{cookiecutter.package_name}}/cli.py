@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .config import check_device_spec
@@ -82,6 +83,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import ServeConfig, load_config
+
+    flags = [
+        f"{key}={value}" for key in ("host", "port", "workers") if (value := getattr(args, key)) is not None
+    ]
+    config = load_config(args.config, [*args.overrides, *flags], kind=ServeConfig)
+    if not Path(config.model_path).is_file():
+        raise UserError(f"no model at {config.model_path!r} to serve; train one first with `make train`")
+    from .serve import serve
+
+    serve(config)
+    return 0
+
+
 def device_arg(spec: str) -> str:
     try:
         return check_device_spec(spec)
@@ -126,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
     infer.add_argument("--json", action="store_true", help="one JSON object per sample")
     infer.set_defaults(handler=cmd_infer)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve predictions over HTTP",
+        description="The inference server: POST /predict and /predict/image; GET /health, /ready, /metrics.",
+        epilog="Overrides: key=value, e.g. max_batch_size=32 max_wait_ms=2 device=cpu",
+    )
+    serve.add_argument(
+        "--config", default="configs/serve.yaml", help="YAML config (default: configs/serve.yaml)"
+    )
+    serve.add_argument("--host", help="address to bind (default from the config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from the config: 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default from the config: 1)")
+    serve.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    serve.set_defaults(handler=cmd_serve)
 
     gpu = commands.add_parser(
         "gpu-check",

@@ -1,4 +1,4 @@
-"""Typed training configuration: a YAML file plus `section.key=value` command-line overrides."""
+"""Typed configuration (training, serving): a YAML file plus `section.key=value` overrides."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from .errors import UsageError, UserError
+
+
+def _require(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
 
 DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -61,6 +68,54 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        check_device_spec(self.device)
+        checks = [
+            (0 < self.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
+            (0 < self.data.test_fraction < 1, "data.test_fraction must be between 0 and 1"),
+            (
+                self.data.val_fraction + self.data.test_fraction < 1,
+                "data.val_fraction + data.test_fraction must leave samples to train on",
+            ),
+            (self.data.batch_size > 0, "data.batch_size must be positive"),
+            (self.data.num_workers >= 0, "data.num_workers must be 0 or more"),
+            (self.model.channels > 0 and self.model.hidden > 0, "model sizes must be positive"),
+            (0 <= self.model.dropout < 1, "model.dropout must be in [0, 1)"),
+            (self.optim.epochs > 0, "optim.epochs must be positive"),
+            (self.optim.lr > 0, "optim.lr must be positive"),
+        ]
+        _require(checks)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    model_path: str = "models/model.pt"
+    device: str = "auto"
+    max_batch_size: int = 64  # samples in one forward pass
+    max_wait_ms: float = 0.0  # extra wait for a fuller batch; 0 = take what queued during the last pass
+    max_request_samples: int = 256  # larger requests get 413
+    max_body_bytes: int = 1_048_576
+    graceful_timeout_s: float = 10.0  # in-flight requests get this long to finish on shutdown
+
+    def validate(self) -> None:
+        check_device_spec(self.device)
+        checks = [
+            (0 <= self.port <= 65535, "port must be 0-65535"),
+            (self.workers >= 1, "workers must be at least 1"),
+            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+            (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
+            (self.max_request_samples >= 1, "max_request_samples must be at least 1"),
+            (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
+            (self.graceful_timeout_s >= 0, "graceful_timeout_s must be 0 or more"),
+        ]
+        _require(checks)
+
+
+Settings = TypeVar("Settings", Config, ServeConfig)
+
 
 def _coerce(key: str, value: Any, expected: type) -> Any:
     """Check a value against the field's type; ints are accepted where floats are expected."""
@@ -105,8 +160,10 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    config = Config()
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), kind: type[Settings] = Config
+) -> Settings:
+    config = kind()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -120,26 +177,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _merge(config, values)
     for text in overrides:
         _merge(config, parse_override(text))
-    _validate(config)
+    config.validate()
     return config
-
-
-def _validate(config: Config) -> None:
-    check_device_spec(config.device)
-    checks = [
-        (0 < config.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
-        (0 < config.data.test_fraction < 1, "data.test_fraction must be between 0 and 1"),
-        (
-            config.data.val_fraction + config.data.test_fraction < 1,
-            "data.val_fraction + data.test_fraction must leave samples to train on",
-        ),
-        (config.data.batch_size > 0, "data.batch_size must be positive"),
-        (config.data.num_workers >= 0, "data.num_workers must be 0 or more"),
-        (config.model.channels > 0 and config.model.hidden > 0, "model sizes must be positive"),
-        (0 <= config.model.dropout < 1, "model.dropout must be in [0, 1)"),
-        (config.optim.epochs > 0, "optim.epochs must be positive"),
-        (config.optim.lr > 0, "optim.lr must be positive"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
