@@ -184,6 +184,9 @@ def test_build_and_run_the_cpu_image(engine, cpu_project, tmp_path):
         listing = docker("run", "--rm", "--entrypoint", "find", f"{image}:latest", "/app").stdout
         assert "private.csv" not in listing and ".env" not in listing and ".venv" not in listing
         assert "/app/models/model.pt" in listing and "/app/src/digit_classifier/cli.py" in listing
+        # the build-time CA bundle stayed in the dependency stage
+        assert docker("run", "--rm", "--entrypoint", "ls", f"{image}:latest", "/build").returncode != 0
+        assert "ca/" not in docker("history", "--no-trunc", f"{image}:latest").stdout
 
         # inference from the baked weights, no volume at all: a digit arrives on standard input
         digit = project / "data" / "digit.npy"

@@ -239,6 +239,17 @@ def test_concurrent_load_is_batched_and_correctly_ordered(server, predictor, spl
     assert total / count > 1, "concurrent requests were never grouped into one forward pass"
 
 
+def test_several_worker_processes(trained, splits, predictor):
+    running = Server(trained.model_path, "workers=2")
+    try:
+        samples = splits.test.images[:4]
+        for _ in range(6):  # connections land on either process; each answers the same
+            status, body, _ = call(running.url, "/predict", {"inputs": samples.tolist()})
+            assert status == 200 and body["predictions"] == [p.label for p in predictor.predict(samples)]
+    finally:
+        assert running.stop()[0]
+
+
 def test_graceful_shutdown_finishes_in_flight_requests(trained):
     running = Server(trained.model_path, "max_wait_ms=1500")  # a request waits 1.5 s for company
     answer = {}
