@@ -177,8 +177,8 @@ def parse_inputs(body: bytes, config: ServeConfig) -> np.ndarray:
         )
     try:
         array = np.array(inputs, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise ClientError(422, "inputs must be 8x8 nested lists of numbers") from None
+    except (ValueError, TypeError) as err:  # ragged nesting, strings, nulls
+        raise ClientError(422, "inputs must be 8x8 nested lists of numbers") from err
     if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or any(isinstance(v, bool) for v in _flat(inputs)):
         raise ClientError(422, f"each sample must be an {IMAGE_SIZE}x{IMAGE_SIZE} nested list of numbers")
     try:
