@@ -89,6 +89,34 @@ def test_the_projects_full_suite_passes_through_make_test(cpu_project):
     assert re.search(r"\d+ passed", result.stdout) and "deselected" not in result.stdout
 
 
+def test_check_lock_catches_both_kinds_of_drift(cpu_project):
+    assert run_make(cpu_project, "check-lock").returncode == 0
+    prod_in = cpu_project / "requirements" / "prod.in"
+    original = prod_in.read_text()
+    prod_in.write_text(original + "rich\n")
+    try:
+        result = run_make(cpu_project, "check-lock")
+    finally:
+        prod_in.write_text(original)
+    assert result.returncode != 0
+    assert (
+        "requirements/prod.in changed after requirements/prod.txt was locked: run `make lock`"
+        in result.stderr
+    )
+    tqdm = pins(cpu_project / "requirements" / "prod.txt")["tqdm"]
+    python = cpu_project / ".venv" / "bin" / "python"
+    subprocess.run(
+        ["uv", "pip", "uninstall", "--python", str(python), "tqdm"], check=True, capture_output=True
+    )
+    result = run_make(cpu_project, "check-lock")
+    assert (
+        result.returncode != 0
+        and f"tqdm=={tqdm} is locked but not installed: run `make sync`" in result.stderr
+    )
+    assert run_make(cpu_project, "sync").returncode == 0
+    assert run_make(cpu_project, "check-lock").returncode == 0
+
+
 def test_infer_without_input_is_a_usage_error(cpu_project):
     result = run_make(cpu_project, "infer")
     assert result.returncode != 0

@@ -124,3 +124,8 @@ def test_missing_python_gets_one_clear_line(cpu_bake):
     assert result.returncode != 0
     assert "error: python3.99 not found" in result.stderr
     assert not (cpu_bake / ".venv").exists()
+
+
+def test_train_passes_seed_and_resume(cpu_bake):
+    assert "train --config configs/train.yaml  seed=7" in make_dry(cpu_bake, "train", "SEED=7")
+    assert "train --config configs/train.yaml --resume auto" in make_dry(cpu_bake, "train", "RESUME=auto")

@@ -7,6 +7,8 @@ set-variant CUDA      rewrite env.yml's CUDA pin (the one place that holds it)
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import re
 import shlex
 import subprocess
@@ -71,11 +73,69 @@ def set_variant(cuda: str, env_file: Path = ROOT / "env.yml") -> int:
     return 0
 
 
+LOCK_INPUT = re.compile(r"^# lock input sha256: ([0-9a-f]{64})\n?", re.M)
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
+# What pip-sync leaves alone when it is not in a lock: environment tooling.
+TOOLING = {"pip", "pip-tools", "setuptools", "wheel", "distribute", "pkg-resources"}
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stamp_lock(source: str, lock: str) -> int:
+    lock_path = Path(lock)
+    text = LOCK_INPUT.sub("", lock_path.read_text())
+    lock_path.write_text(f"{text.rstrip()}\n# lock input sha256: {sha256(Path(source))}\n")
+    return 0
+
+
+def check_lock(root: Path = ROOT) -> int:
+    problems, pins = [], {}
+    for source in sorted((root / "requirements").glob("*.in")):
+        lock = source.with_suffix(".txt")
+        where = lock.relative_to(root)
+        if not lock.is_file():
+            problems.append(f"{where} is missing: run `make lock`")
+            continue
+        text = lock.read_text()
+        recorded = LOCK_INPUT.search(text)
+        if recorded is None or recorded[1] != sha256(source):
+            problems.append(f"{source.relative_to(root)} changed after {where} was locked: run `make lock`")
+        pins.update({normalize(name): version for name, version in PIN.findall(text)})
+    project = re.search(r'^name = "(.+)"', (root / "pyproject.toml").read_text(), re.M)
+    installed = {normalize(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    for name, version in sorted(pins.items()):
+        if name not in installed:
+            problems.append(f"{name}=={version} is locked but not installed: run `make sync`")
+        elif installed[name] != version:
+            problems.append(
+                f"{name} {installed[name]} is installed but the lock pins {version}: run `make sync`"
+            )
+    extra = set(installed) - set(pins) - TOOLING - {normalize(project[1]) if project else ""}
+    problems += [
+        f"{name} {installed[name]} is installed but not locked: run `make sync`, or add it to "
+        "requirements/*.in and `make lock`"
+        for name in sorted(extra)
+    ]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"locks match their inputs and this environment ({len(pins)} packages)")
+    return 1 if problems else 0
+
+
 def main(argv: list[str]) -> int:
     commands = {
         "check-index": (check_index, 1),
         "uv-sources": (uv_sources, 0),
         "set-variant": (set_variant, 1),
+        "stamp-lock": (stamp_lock, 2),
+        "check-lock": (check_lock, 0),
     }
     if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
         print(__doc__, file=sys.stderr)

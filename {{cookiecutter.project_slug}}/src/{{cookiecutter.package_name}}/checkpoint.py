@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,30 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Di
     model = build_model(ModelConfig(**payload["config"]["model"]))
     model.load_state_dict(payload["model_state"])
     return model.to(device).eval(), payload
+
+
+# --- resumable training state ------------------------------------------------------------------
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    atomic_write_bytes(
+        Path(path), lambda handle: torch.save({"format": FORMAT_VERSION, "kind": "training", **state}, handle)
+    )
+
+
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    payload = read_checkpoint(path)
+    if payload.get("kind") != "training":
+        raise UserError(f"{str(path)!r} is a finished model, not a training checkpoint to resume")
+    return payload
+
+
+def latest_training_state(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest readable training checkpoint under runs/; damaged ones are skipped with a warning."""
+    candidates = sorted(runs_dir.glob("*/checkpoints/*.pt"), key=lambda p: (p.parent.parent.name, p.name))
+    for path in reversed(candidates):
+        try:
+            return path, read_training_state(path)
+        except UserError as err:
+            print(f"warning: skipping {err}", file=sys.stderr)
+    raise UserError(f"no training checkpoint to resume under {str(runs_dir)!r}")

@@ -25,15 +25,31 @@ DEFAULT_MODEL = "models/model.pt"
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
 
+    if args.resume and any(not o.startswith("output.runs_dir=") for o in args.overrides):
+        raise UsageError("a resumed run keeps its own config; only output.runs_dir=... may say where to look")
     config = load_config(args.config, args.overrides)  # before importing torch: mistakes answer at once
     from .train import train
 
-    result = train(config, progress=not args.no_progress)
+    result = train(config, progress=not args.no_progress, resume=args.resume)
     metrics = result.metrics
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['device']} "
         f"in {metrics['seconds']:.1f}s\nrun   {result.run_dir}\nmodel {result.model_path}"
     )
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import compare, list_runs
+
+    print(compare(args.runs_dir, *args.compare) if args.compare else list_runs(args.runs_dir))
+    return 0
+
+
+def cmd_env_report(args: argparse.Namespace) -> int:
+    from .reproducibility import environment
+
+    print(json.dumps(environment(Path.cwd()), indent=2))
     return 0
 
 
@@ -118,8 +134,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="continue a stopped run: the newest good checkpoint, or this one",
+    )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(handler=cmd_train)
+
+    runs = commands.add_parser(
+        "runs",
+        help="list runs with their key metrics, or compare two",
+        description="List runs/ (id, status, seed, epochs, test accuracy, commit), or show what differs "
+        "between two runs' manifests.",
+    )
+    runs.add_argument("--runs-dir", default="runs", type=Path, help="where the runs are (default: runs)")
+    runs.add_argument("--compare", nargs=2, metavar="RUN", help="two run ids (or unique prefixes)")
+    runs.set_defaults(handler=cmd_runs)
+
+    env_report = commands.add_parser(
+        "env-report", help="print this machine's fingerprint (versions, GPUs, git, lock hashes)"
+    )
+    env_report.set_defaults(handler=cmd_env_report)
 
     evaluate = commands.add_parser(
         "evaluate",

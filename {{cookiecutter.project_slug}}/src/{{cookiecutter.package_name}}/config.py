@@ -54,11 +54,14 @@ class OptimConfig:
 class OutputConfig:
     runs_dir: str = "runs"
     model_path: str = "models/model.pt"
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    keep_checkpoints: int = 3  # the newest few, so a damaged one has a predecessor
 
 
 @dataclass
 class Config:
     seed: int = 42
+    deterministic: bool = True  # bit-identical reruns; False lets cuDNN pick faster kernels
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -83,6 +86,8 @@ class Config:
             (0 <= self.model.dropout < 1, "model.dropout must be in [0, 1)"),
             (self.optim.epochs > 0, "optim.epochs must be positive"),
             (self.optim.lr > 0, "optim.lr must be positive"),
+            (self.output.checkpoint_every > 0, "output.checkpoint_every must be positive"),
+            (self.output.keep_checkpoints > 0, "output.keep_checkpoints must be positive"),
         ]
         _require(checks)
 
@@ -155,6 +160,14 @@ def parse_override(text: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[leaf] = value
     return nested
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """A Config back from `to_dict()` output (a run's recorded config)."""
+    config = Config()
+    _merge(config, values)
+    config.validate()
+    return config
 
 
 def load_config(

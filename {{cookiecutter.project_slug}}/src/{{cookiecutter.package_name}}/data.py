@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .reproducibility import seed_worker
+
 IMAGE_SIZE = 8
 PIXEL_MAX = 16.0
 NUM_CLASSES = 10
@@ -69,4 +71,5 @@ def make_loader(
         generator=generator,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        worker_init_fn=seed_worker,
     )

@@ -1,0 +1,272 @@
+"""Reproducible, resumable training, checked with real training processes (slow)."""
+
+import importlib.util
+import json
+import os
+import pickle
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.data import load_splits
+from {{ cookiecutter.package_name }}.reproducibility import data_fingerprint, file_sha256, git_state
+
+from .conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+EPOCHS = "optim.epochs=3"
+
+
+def command(runs_dir, *args):
+    return [
+        sys.executable,
+        "-m",
+        "{{ cookiecutter.package_name }}",
+        "train",
+        "--no-progress",
+        f"output.runs_dir={runs_dir}",
+        f"output.model_path={runs_dir}/model.pt",
+        *args,
+    ]
+
+
+def train(runs_dir, *args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    result = subprocess.run(
+        command(runs_dir, *args), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def resume(runs_dir, target="auto"):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "{{ cookiecutter.package_name }}",
+            "train",
+            "--no-progress",
+            "--resume",
+            str(target),
+            f"output.runs_dir={runs_dir}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def final_weights(runs_dir) -> str:
+    (metrics,) = Path(runs_dir).glob("*/metrics.json")
+    return json.loads(metrics.read_text())["weights_sha256"]
+
+
+def start(runs_dir, *args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    return subprocess.Popen(
+        command(runs_dir, *args),
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_checkpoint(runs_dir, process, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not list(Path(runs_dir).glob("*/checkpoints/*.pt")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: the weights every interrupted-and-resumed run must reproduce."""
+    runs = tmp_path_factory.mktemp("reference")
+    train(runs, EPOCHS, "seed=3")
+    return final_weights(runs)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, reference):
+    train(tmp_path / "again", EPOCHS, "seed=3")
+    assert final_weights(tmp_path / "again") == reference
+    train(tmp_path / "other", EPOCHS, "seed=4")
+    assert final_weights(tmp_path / "other") != reference
+
+
+def test_sigkill_at_a_random_point_then_resume_gives_the_same_weights(tmp_path, reference):
+    process = start(tmp_path, EPOCHS, "seed=3")
+    wait_for_checkpoint(tmp_path, process)
+    time.sleep(random.uniform(0, 0.8))  # anywhere in the following epochs
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    result = resume(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert final_weights(tmp_path) == reference
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference, signum):
+    process = start(tmp_path, EPOCHS, "seed=3")
+    wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    (line,) = stderr.strip().splitlines()
+    assert f"training stopped by {signum.name}" in line and "make train RESUME=auto" in line
+    assert "Traceback" not in stderr
+    result = resume(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert final_weights(tmp_path) == reference
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    process = start(tmp_path, EPOCHS, "seed=3")
+    wait_for_checkpoint(tmp_path, process)
+    while len(list(tmp_path.glob("*/checkpoints/*.pt"))) < 2:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    newest = sorted(tmp_path.glob("*/checkpoints/*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # a write cut short
+    explicit = resume(tmp_path, newest)
+    assert explicit.returncode == 1 and "not a readable checkpoint" in explicit.stderr
+    assert explicit.stderr.strip().count("\n") == 0
+    result = resume(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"warning: skipping '{newest}'" in result.stderr
+    assert final_weights(tmp_path) == reference
+
+
+class Exploit:
+    """A pickle that runs a command when unpickled: what weights_only loading must refuse."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_checkpoint_is_refused_not_run(tmp_path):
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save(
+        {"format": 1, "kind": "training", "model_state": Exploit(marker)},
+        evil,
+        pickle_protocol=pickle.HIGHEST_PROTOCOL,
+    )
+    for args in (
+        ["train", "--resume", str(evil)],
+        ["evaluate", "--model", str(evil)],
+        ["infer", "--model", str(evil), "x.npy"],
+    ):
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+        result = subprocess.run(
+            [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1 and "not a readable checkpoint" in result.stderr, result.stderr
+        assert not marker.exists(), "the payload ran"
+
+
+def test_manifest_records_the_run(trained):
+    manifest = json.loads((trained.run_dir / "manifest.json").read_text())
+    metrics = json.loads((trained.run_dir / "metrics.json").read_text())
+    assert manifest["status"] == "complete" and manifest["started"] <= manifest["finished"]
+    assert manifest["seed"] == manifest["config"]["seed"] == 42 and manifest["deterministic"] is True
+    assert manifest["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    assert manifest["metrics"]["weights_sha256"] == metrics["weights_sha256"]
+    env = manifest["environment"]
+    assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
+    assert env["cuda"] == torch.version.cuda and env["hostname"]
+    assert env["command"][1:] == sys.argv[1:]  # this process (pytest) trained the fixture
+    for name, digest in env["locks"].items():
+        assert digest == file_sha256(PROJECT_ROOT / name)
+    assert set(env["git"]) == {"commit", "dirty", "diff_sha256"}
+    config = load_config(PROJECT_ROOT / "configs" / "train.yaml")
+    splits = load_splits(config.seed, config.data.val_fraction, config.data.test_fraction)
+    arrays = [a for s in (splits.train, splits.val, splits.test) for a in (s.images, s.labels)]
+    assert manifest["data_sha256"] == data_fingerprint(*arrays)
+
+
+def test_git_state_reports_commit_dirt_and_diff(tmp_path):
+    assert git_state(tmp_path) == {"commit": None, "dirty": None, "diff_sha256": None}
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("one\n")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    clean = git_state(tmp_path)
+    assert len(clean["commit"]) == 40 and clean["dirty"] is False and clean["diff_sha256"] is None
+    (tmp_path / "a.txt").write_text("two\n")
+    first = git_state(tmp_path)
+    (tmp_path / "a.txt").write_text("three\n")
+    second = git_state(tmp_path)
+    assert first["dirty"] and second["dirty"] and first["diff_sha256"] != second["diff_sha256"]
+
+
+def test_runs_lists_and_compares(tmp_path):
+    train(tmp_path, "optim.epochs=1", "seed=1")
+    train(tmp_path, "optim.epochs=1", "seed=2")
+    first, second = sorted(p.name for p in tmp_path.glob("2*"))
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    run = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "runs", "--runs-dir", str(tmp_path)]
+    listing = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
+    assert first in listing and second in listing and "complete" in listing
+    diff = subprocess.run(
+        [*run, "--compare", first, second], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "seed: 1 -> 2" in diff and "config.seed: 1 -> 2" in diff
+
+
+def load_envtool():
+    spec = importlib.util.spec_from_file_location("envtool", PROJECT_ROOT / "tools" / "envtool.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_lock_names_the_culprit(tmp_path, capsys):
+    """Against this very interpreter's packages: a stale lock input, a wrong pin, a missing package."""
+    import importlib.metadata
+
+    envtool = load_envtool()
+    (tmp_path / "pyproject.toml").write_text('name = "{{ cookiecutter.project_slug }}"\n')
+    (tmp_path / "requirements").mkdir()
+    source, lock = tmp_path / "requirements" / "prod.in", tmp_path / "requirements" / "prod.txt"
+    source.write_text("numpy\n")
+    installed = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
+    lock.write_text("".join(f"{name}=={version}\n" for name, version in installed.items()))
+    envtool.stamp_lock(str(source), str(lock))
+    assert envtool.check_lock(tmp_path) == 0
+    source.write_text("numpy\ntqdm\n")
+    assert envtool.check_lock(tmp_path) == 1
+    assert "requirements/prod.in changed after requirements/prod.txt was locked" in capsys.readouterr().err
+    envtool.stamp_lock(str(source), str(lock))
+    numpy = next(name for name in installed if name.lower() == "numpy")
+    lock.write_text(
+        lock.read_text().replace(f"{numpy}=={installed[numpy]}", f"{numpy}==0.0.1") + "ghost==1.0\n"
+    )
+    assert envtool.check_lock(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert f"numpy {installed[numpy]} is installed but the lock pins 0.0.1" in err
+    assert "ghost==1.0 is locked but not installed" in err
