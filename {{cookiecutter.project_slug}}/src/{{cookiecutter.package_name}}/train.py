@@ -162,8 +162,9 @@ def train(config: Config, *, progress: bool = True, resume: str | None = None) -
             else (Path(resume), read_training_state(resume))
         )
         config = config_from_dict(state["config"])  # the run continues with its own settings
-        if state["epoch"] >= config.optim.epochs:
-            raise UserError(f"{path} is the end of a finished run; there is nothing to resume")
+        finished = json.loads((path.parent.parent / "manifest.json").read_text()).get("status") == "complete"
+        if finished:
+            raise UserError(f"run {path.parent.parent.name} is complete; there is nothing to resume")
         print(f"resuming {path} (epoch {state['epoch'] + 1}, batch {state['batch']})", file=sys.stderr)
 
     started = time.perf_counter()
