@@ -145,8 +145,12 @@ def pip_find_links() -> list[str]:
 def serve(folder: str) -> Iterator[str]:
     """A loopback HTTP server for a wheel folder, for `pip --find-links` inside a build."""
 
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args) -> None:  # pip's many index reads are noise
+            pass
+
     def handler(*args):
-        return http.server.SimpleHTTPRequestHandler(*args, directory=folder)
+        return Quiet(*args, directory=folder)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
