@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,13 @@ def bake_ok(output_dir: Path, **answers: str) -> Path:
     assert result.returncode == 0, result.stdout + result.stderr
     (project,) = [p for p in output_dir.iterdir() if p.is_dir()]
     return project
+
+
+def free_port() -> int:
+    """A loopback port free right now (the kernel's pick), for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_make(project: Path, *targets: str, env: dict[str, str] | None = None, timeout: int = 900):

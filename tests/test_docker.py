@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import CHOICES, bake_ok, run_make
+from .conftest import CHOICES, bake_ok, free_port, run_make
 from .containers import (
     Unavailable,
     build_settings,
@@ -133,12 +132,6 @@ def test_docker_gpu_stops_at_once_without_the_toolkit(variant):
 
 
 # --- real builds --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
