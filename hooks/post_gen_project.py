@@ -1,17 +1,24 @@
 """Finish a generated project: record its provenance, check the GPU setup, print the next steps."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
 CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
-sys.path.insert(0, str(Path(CONTEXT["_repo_dir"]) / "hooks"))
+# cookiecutter runs hooks while its own working directory is the template, but passes `_repo_dir`
+# as typed (often "."): take the parent's directory on Linux, else resolve against the shell's.
+PARENT_CWD = Path(f"/proc/{os.getppid()}/cwd")
+TEMPLATE_DIR = (
+    PARENT_CWD.resolve() if PARENT_CWD.exists() else Path(os.environ.get("PWD", ".")) / CONTEXT["_repo_dir"]
+)
+sys.path.insert(0, str(TEMPLATE_DIR / "hooks"))
 
 from preflight import run_preflight  # noqa: E402
 from provenance import write_cruft_record  # noqa: E402
 
 project = Path.cwd()
-write_cruft_record(project, CONTEXT)
+write_cruft_record(project, CONTEXT, TEMPLATE_DIR)
 print()
 if run_preflight(project, CONTEXT):
     sys.exit(1)

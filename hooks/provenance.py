@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+REMOTE = re.compile(r"^(\w+://|git@|gh:|gl:|bb:)")
 
-def template_source(template: str) -> str:
-    """A local template path made absolute (cookiecutter keeps whatever was typed); URLs unchanged."""
-    path = Path(template).expanduser()
-    return str(path.resolve()) if path.exists() else template
+
+def template_source(template: str, template_dir: Path) -> str:
+    """A remote template as given; a local one as its absolute path (cookiecutter keeps what was typed)."""
+    return template if REMOTE.match(template) else str(template_dir)
 
 
 def template_commit(repo_dir: str) -> str | None:
@@ -29,19 +31,19 @@ def template_commit(repo_dir: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def cruft_record(context: Mapping[str, object]) -> dict:
+def cruft_record(context: Mapping[str, object], template_dir: Path) -> dict:
     """The .cruft.json content: public answers only, so an update picks up new template internals."""
     answers = {k: v for k, v in context.items() if not k.startswith("_")}
-    answers["_template"] = template_source(str(context["_template"]))
+    answers["_template"] = template_source(str(context["_template"]), template_dir)
     return {
         "template": answers["_template"],
-        "commit": template_commit(str(context["_repo_dir"])),
+        "commit": template_commit(str(template_dir)),
         "checkout": context.get("_checkout"),
         "context": {"cookiecutter": answers},
         "directory": None,
     }
 
 
-def write_cruft_record(project_dir: Path, context: Mapping[str, object]) -> None:
-    text = json.dumps(cruft_record(context), indent=2, ensure_ascii=False) + "\n"
+def write_cruft_record(project_dir: Path, context: Mapping[str, object], template_dir: Path) -> None:
+    text = json.dumps(cruft_record(context, template_dir), indent=2, ensure_ascii=False) + "\n"
     (project_dir / ".cruft.json").write_text(text, encoding="utf-8")

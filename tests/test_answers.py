@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import subprocess
 import sys
 
 import pytest
@@ -131,3 +133,27 @@ def test_cuda_choices_match_the_projects_wheel_table():
     sys.modules[spec.name] = variants  # dataclasses look their module up while the class is built
     spec.loader.exec_module(variants)
     assert list(variants.BUILDS) == CHOICES["cuda_version"]
+
+
+def test_a_template_given_as_a_relative_path_works(tmp_path):
+    """`cookiecutter .` from inside the template: the hooks must still find their modules."""
+
+    def bake_here(out, *answers):
+        command = [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            "--no-input",
+            "--output-dir",
+            str(out),
+            ".",
+            *answers,
+        ]
+        return subprocess.run(command, cwd=TEMPLATE, capture_output=True, text=True, timeout=60)
+
+    result = bake_here(tmp_path / "ok", "gpu_check=skip")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "ok" / "digit-classifier" / ".cruft.json").read_text())
+    assert record["template"] == str(TEMPLATE)
+    rejected = bake_here(tmp_path / "rejected", "cuda_version=11.8")
+    assert rejected.returncode != 0 and "error: cuda_version '11.8' is not supported" in rejected.stderr
