@@ -55,12 +55,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DigitCNN, dict[str, Any]]:
-    """The trained model in eval mode, and the checkpoint's config and metrics."""
+def load_model(path: str | Path) -> tuple[DigitCNN, dict[str, Any]]:
+    """The trained model on the CPU in eval mode (callers move it once they have chosen a device),
+    and the checkpoint's config and metrics."""
     payload = read_checkpoint(path)
     model = build_model(ModelConfig(**payload["config"]["model"]))
     model.load_state_dict(payload["model_state"])
-    return model.to(device).eval(), payload
+    return model.eval(), payload
 
 
 # --- resumable training state ------------------------------------------------------------------
