@@ -1,20 +1,21 @@
-"""Checkpoint files: written atomically, read back without unpickling arbitrary objects."""
+"""Checkpoint files: written atomically, read back without unpickling arbitrary objects, and turned
+back into the model of the task they record. What goes into them is decided in training/state.py."""
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .config import Config, ModelConfig
 from .errors import UserError
-from .model import DigitCNN, build_model
+from .tasks import Task, available, build_model, get_task
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checkpoints record their task and its fitted preprocessing
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -32,17 +33,11 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
-def save_checkpoint(path: Path, model: DigitCNN, config: Config, metrics: dict[str, Any]) -> None:
-    payload = {
-        "format": FORMAT_VERSION,
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config.to_dict(),
-        "metrics": metrics,
-    }
-    atomic_write_bytes(Path(path), lambda handle: torch.save(payload, handle))
+def save(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_bytes(Path(path), lambda handle: torch.save({"format": FORMAT_VERSION, **payload}, handle))
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no model at {str(path)!r}; train one first with `make train`")
@@ -50,42 +45,46 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise UserError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("format") not in (1, FORMAT_VERSION):
         raise UserError(f"{str(path)!r} is not a checkpoint written by this project")
     return payload
 
 
-def load_model(path: str | Path) -> tuple[DigitCNN, dict[str, Any]]:
-    """The trained model on the CPU in eval mode (callers move it once they have chosen a device),
-    and the checkpoint's config and metrics."""
-    payload = read_checkpoint(path)
-    model = build_model(ModelConfig(**payload["config"]["model"]))
-    model.load_state_dict(payload["model_state"])
-    return model.eval(), payload
+@dataclass(frozen=True)
+class LoadedModel:
+    task_name: str
+    task: Task
+    model: nn.Module  # on the CPU, in eval mode
+    payload: dict[str, Any]  # config, metrics, preprocessing
 
 
-# --- resumable training state ------------------------------------------------------------------
+def checkpoint_task(path: str | Path, payload: dict[str, Any], expected: str | None = None) -> Task:
+    """The task a checkpoint was trained for, refusing one that is not `expected` (when given)."""
+    name = payload.get("task") if payload.get("format") == FORMAT_VERSION else None
+    if name is None:
+        wanted = f" (the configured task is {expected!r})" if expected else ""
+        raise UserError(f"{str(path)!r} records no task: it predates task plug-ins{wanted}; retrain it with `make train`")
+    if expected and name != expected:
+        raise UserError(f"{str(path)!r} is a {name!r} model but the configured task is {expected!r}")
+    if name not in available():
+        raise UserError(
+            f"{str(path)!r} is a {name!r} model, a task this project no longer has "
+            f"(tasks: {', '.join(available())}); retrain or restore tasks/{name}.py"
+        )
+    return get_task(name)
 
 
-def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_bytes(
-        Path(path), lambda handle: torch.save({"format": FORMAT_VERSION, "kind": "training", **state}, handle)
-    )
-
-
-def read_training_state(path: str | Path) -> dict[str, Any]:
-    payload = read_checkpoint(path)
-    if payload.get("kind") != "training":
-        raise UserError(f"{str(path)!r} is a finished model, not a training checkpoint to resume")
-    return payload
-
-
-def latest_training_state(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest readable training checkpoint under runs/; damaged ones are skipped with a warning."""
-    candidates = sorted(runs_dir.glob("*/checkpoints/*.pt"), key=lambda p: (p.parent.parent.name, p.name))
-    for path in reversed(candidates):
-        try:
-            return path, read_training_state(path)
-        except UserError as err:
-            print(f"warning: skipping {err}", file=sys.stderr)
-    raise UserError(f"no training checkpoint to resume under {str(runs_dir)!r}")
+def load_model(path: str | Path, expected_task: str | None = None) -> LoadedModel:
+    """The trained model on the CPU in eval mode, with its task (callers move it to their device)."""
+    payload = read(path)
+    task = checkpoint_task(path, payload, expected_task)
+    model = build_model(task, payload["config"]["model"], payload["preprocessing"])
+    try:
+        model.load_state_dict(payload["model_state"])
+    except RuntimeError as err:  # the task's model changed since this checkpoint was written
+        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err).splitlines()[0]
+        raise UserError(
+            f"{str(path)!r} does not fit the current {payload['task']!r} model ({first.strip()}); "
+            "retrain it with `make train`"
+        ) from None
+    return LoadedModel(payload["task"], task, model.eval(), payload)

@@ -12,35 +12,53 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import check_device_spec
+from .config import MODEL_PATH, SERVE_CONFIG, TRAIN_CONFIG, ServeConfig, check_device_spec, load_config
 from .errors import UsageError, UserError
 from .gpu.__main__ import add_arguments as add_gpu_arguments
 from .gpu.__main__ import run as cmd_gpu_check
 
 PROG = "{{ cookiecutter.package_name }}"
-DEFAULT_CONFIG = "configs/train.yaml"
-DEFAULT_MODEL = "models/model.pt"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-
-    if args.resume and any(not o.startswith("output.runs_dir=") for o in args.overrides):
-        raise UsageError("a resumed run keeps its own config; only output.runs_dir=... may say where to look")
     config = load_config(args.config, args.overrides)  # before importing torch: mistakes answer at once
-    from .train import train
+    from .train import resumed_config, train
+    from .training.runs import find_resumable
 
-    result = train(config, progress=not args.no_progress, resume=args.resume)
+    resume = find_resumable(config.output.runs_dir, args.resume) if args.resume else None
+    if resume is not None:
+        config = resumed_config(config, args.overrides, resume.payload["config"])
+    result = train(config, progress=not args.no_progress, resume=resume)
     metrics = result.metrics
     print(
-        f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['device']} "
+        f"test accuracy {metrics['test_accuracy']:.4f} ({config.task}) on {metrics['device']} "
         f"in {metrics['seconds']:.1f}s\nrun   {result.run_dir}\nmodel {result.model_path}"
     )
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import describe
+
+    if args.serve:
+        print("\n".join(describe(load_config(args.config or SERVE_CONFIG, args.overrides, kind=ServeConfig))))
+        return 0
+    from .tasks import get_task, model_options
+
+    config = load_config(args.config or TRAIN_CONFIG, args.overrides)
+    print("\n".join(describe(config, model_options(get_task(config.task), config.model))))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .tasks import available, describe_task
+
+    print("\n\n".join(describe_task(name) for name in available()))
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .runs import compare, list_runs
+    from .training.runs import compare, list_runs
 
     print(compare(args.runs_dir, *args.compare) if args.compare else list_runs(args.runs_dir))
     return 0
@@ -56,13 +74,13 @@ def cmd_env_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    metrics = evaluate(args.model, args.device)
+    metrics = evaluate(args.model, args.device, args.task)
     if args.json:
         print(json.dumps(metrics))
     else:
         print(
             f"test accuracy {metrics['test_accuracy']:.4f}  loss {metrics['test_loss']:.4f}  "
-            f"({metrics['test_samples']} samples, {metrics['model']}, {metrics['device']})"
+            f"({metrics['test_samples']} samples, {metrics['task']}, {metrics['model']}, {metrics['device']})"
         )
     return 0
 
@@ -70,13 +88,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .predict import Predictor, load_inputs
+    from .predict import Predictor, read_inputs
 
-    predictor = Predictor(args.model, args.device)
+    predictor = Predictor(args.model, args.device, args.task)
     failed = 0
     for path in args.paths:
         try:
-            named = load_inputs(path)
+            named = read_inputs(path, predictor.task)
         except UserError as err:
             print(f"{PROG}: error: {err}", file=sys.stderr)
             failed += 1
@@ -84,32 +102,25 @@ def cmd_infer(args: argparse.Namespace) -> int:
         predictions = predictor.predict(np.stack([sample for _, sample in named]))
         for (name, _), pred in zip(named, predictions, strict=True):
             if args.json:
-                print(
-                    json.dumps(
-                        {
-                            "input": name,
-                            "label": pred.label,
-                            "confidence": pred.confidence,
-                            "probabilities": pred.probabilities,
-                        }
-                    )
-                )
+                fields = ("label", "class", "confidence", "probabilities")
+                values = (pred.label, pred.name, pred.confidence, pred.probabilities)
+                print(json.dumps({"input": name, **dict(zip(fields, values, strict=True))}))
             else:
-                print(f"{name}: {pred.label} (confidence {pred.confidence:.3f})")
+                print(f"{name}: {pred.name} (confidence {pred.confidence:.3f})")
     return 1 if failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import ServeConfig, load_config
-
     flags = [
         f"{key}={value}" for key in ("host", "port", "workers") if (value := getattr(args, key)) is not None
     ]
     config = load_config(args.config, [*args.overrides, *flags], kind=ServeConfig)
     if not Path(config.model_path).is_file():
         raise UserError(f"no model at {config.model_path!r} to serve; train one first with `make train`")
+    from .checkpoint import load_model
     from .serve import serve
 
+    load_model(config.model_path, config.task or None)  # a bad model or the wrong task: one line, here
     serve(config)
     return 0
 
@@ -121,32 +132,46 @@ def device_arg(spec: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="{{ cookiecutter.description }}")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=MODEL_PATH, help=f"checkpoint (default: {MODEL_PATH})")
+    parser.add_argument("--task", help="refuse a model of any other task (default: the model's own)")
+    parser.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="JSON output")
 
+
+def add_training_commands(commands) -> None:
     train = commands.add_parser(
         "train",
-        help="train the example model",
+        help="train the configured task",
         description="Train, write runs/<run-id>/ and promote the model to models/model.pt.",
-        epilog="Overrides: section.key=value, e.g. optim.epochs=5 data.batch_size=128 device=cpu",
+        epilog="Overrides: key=value, e.g. task=breast_cancer optim.epochs=5 data.batch_size=128 device=cpu",
     )
-    train.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    train.add_argument("--config", default=TRAIN_CONFIG, help=f"YAML config (default: {TRAIN_CONFIG})")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.add_argument(
-        "--resume",
-        metavar="auto|PATH",
-        help="continue a stopped run: the newest good checkpoint, or this one",
+        "--resume", metavar="auto|PATH", help="continue a stopped run: the newest good checkpoint, or this one"
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(handler=cmd_train)
 
+    config = commands.add_parser(
+        "config",
+        help="print the resolved config, every key with its value and meaning",
+        description="Defaults, then the YAML file, then the overrides, as YAML with comments.",
+    )
+    config.add_argument("--serve", action="store_true", help=f"the server's config ({SERVE_CONFIG})")
+    config.add_argument("--config", help=f"YAML config (default: {TRAIN_CONFIG}, or {SERVE_CONFIG})")
+    config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    config.set_defaults(handler=cmd_config)
+
+    tasks = commands.add_parser("tasks", help="list the tasks: inputs, classes, file types, model options")
+    tasks.set_defaults(handler=cmd_tasks)
+
     runs = commands.add_parser(
         "runs",
         help="list runs with their key metrics, or compare two",
-        description="List runs/ (id, status, seed, epochs, test accuracy, commit), or show what differs "
-        "between two runs' manifests.",
+        description="List runs/ (id, status, task, seed, epochs, test accuracy, commit), or show what "
+        "differs between two runs' manifests.",
     )
     runs.add_argument("--runs-dir", default="runs", type=Path, help="where the runs are (default: runs)")
     runs.add_argument("--compare", nargs=2, metavar="RUN", help="two run ids (or unique prefixes)")
@@ -157,37 +182,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env_report.set_defaults(handler=cmd_env_report)
 
+
+def add_model_commands(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="recompute test metrics of a saved model",
         description="Score a saved model on the test split it was trained with.",
     )
-    evaluate.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
-    evaluate.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_arguments(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     infer = commands.add_parser(
         "infer",
-        help="predict digits in images or .npy arrays",
-        description="Predict PNG/JPEG images of one digit (any size, either polarity) and .npy "
-        "arrays of 8x8 samples in the training scale 0-16 ((8, 8), (N, 8, 8), (64,) or (N, 64)).",
+        help="predict the inputs in files",
+        description="Predict with a saved model: .npy arrays (one sample or a batch, in the training "
+        "scale) for every task, and the task's own files (digits: PNG/JPEG; breast_cancer: CSV rows). "
+        "`tasks` lists each task's inputs.",
     )
-    infer.add_argument("paths", nargs="+", metavar="PATH", help="image or .npy files; - reads standard input")
-    infer.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
-    infer.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
-    infer.add_argument("--json", action="store_true", help="one JSON object per sample")
+    infer.add_argument("paths", nargs="+", metavar="PATH", help="input files; - reads standard input")
+    add_model_arguments(infer)
     infer.set_defaults(handler=cmd_infer)
 
     serve = commands.add_parser(
         "serve",
         help="serve predictions over HTTP",
-        description="The inference server: POST /predict and /predict/image; GET /health, /ready, /metrics.",
+        description="The inference server: POST /predict and /predict/file; GET /health, /ready, /metrics.",
         epilog="Overrides: key=value, e.g. max_batch_size=32 max_wait_ms=2 device=cpu",
     )
-    serve.add_argument(
-        "--config", default="configs/serve.yaml", help="YAML config (default: configs/serve.yaml)"
-    )
+    serve.add_argument("--config", default=SERVE_CONFIG, help=f"YAML config (default: {SERVE_CONFIG})")
     serve.add_argument("--host", help="address to bind (default from the config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default from the config: 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default from the config: 1)")
@@ -203,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_gpu_arguments(gpu)
     gpu.set_defaults(handler=cmd_gpu_check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="{{ cookiecutter.description }}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_training_commands(commands)
+    add_model_commands(commands)
     return parser
 
 

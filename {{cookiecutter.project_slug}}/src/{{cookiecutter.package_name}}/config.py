@@ -1,4 +1,5 @@
-"""Typed configuration (training, serving): a YAML file plus `section.key=value` overrides."""
+"""Typed configuration: every default is written once, here (a model's options in its task module);
+a YAML file and `section.key=value` overrides change them."""
 
 from __future__ import annotations
 
@@ -12,14 +13,24 @@ import yaml
 
 from .errors import UsageError, UserError
 
+MODEL_PATH = "models/model.pt"  # the promoted model: train writes it; evaluate, infer and serve read it
+TRAIN_CONFIG = "configs/train.yaml"
+SERVE_CONFIG = "configs/serve.yaml"
+DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
-def _require(checks: list[tuple[bool, str]]) -> None:
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its default and the one-line help that `config` prints beside it."""
+    if isinstance(default, dict) or dataclasses.is_dataclass(default):
+        factory = default if callable(default) else dict
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-
-
-DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def check_device_spec(spec: str) -> str:
@@ -30,93 +41,93 @@ def check_device_spec(spec: str) -> str:
 
 @dataclass
 class DataConfig:
-    val_fraction: float = 0.15
-    test_fraction: float = 0.2
-    batch_size: int = 64
-    num_workers: int = 0
-
-
-@dataclass
-class ModelConfig:
-    channels: int = 32
-    hidden: int = 128
-    dropout: float = 0.25
+    val_fraction: float = option(0.15, "of all samples; the split is stratified and fixed by seed")
+    test_fraction: float = option(0.2, "of all samples")
+    batch_size: int = option(64, "samples per training step")
+    num_workers: int = option(0, "DataLoader processes; in-memory data sets only pay their start-up")
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 25
-    lr: float = 0.003
-    weight_decay: float = 0.0001
+    epochs: int = option(25, "passes over the training split")
+    lr: float = option(0.003, "AdamW learning rate, cosine-annealed over the epochs")
+    weight_decay: float = option(0.0001, "AdamW weight decay")
 
 
 @dataclass
 class OutputConfig:
-    runs_dir: str = "runs"
-    model_path: str = "models/model.pt"
-    checkpoint_every: int = 1  # epochs between resumable checkpoints
-    keep_checkpoints: int = 3  # the newest few, so a damaged one has a predecessor
+    runs_dir: str = option("runs", "one directory per run: config, manifest, metrics, checkpoints")
+    model_path: str = option(MODEL_PATH, "where a finished run's model is promoted")
+    checkpoint_every: int = option(1, "epochs between resumable checkpoints (runs/<id>/checkpoints/)")
+    keep_checkpoints: int = option(3, "the newest few are kept, so a damaged one has a predecessor")
 
 
 @dataclass
 class Config:
-    seed: int = 42
-    deterministic: bool = True  # bit-identical reruns; False lets cuDNN pick faster kernels
-    device: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+    task: str = option("", "the task module in tasks/ (data, model, inputs, labels); configs/train.yaml names it")
+    seed: int = option(42, "seeds every random generator and the data split (make train SEED=7)")
+    deterministic: bool = option(True, "bit-identical reruns; false lets cuDNN pick faster kernels")
+    device: str = option("auto", "auto (CUDA when usable, else CPU), cpu, cuda or cuda:N")
+    data: DataConfig = option(DataConfig, "")
+    model: dict[str, Any] = option({}, "the task's model options (completed from its defaults)")
+    optim: OptimConfig = option(OptimConfig, "")
+    output: OutputConfig = option(OutputConfig, "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
         check_device_spec(self.device)
-        checks = [
-            (0 < self.data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
-            (0 < self.data.test_fraction < 1, "data.test_fraction must be between 0 and 1"),
-            (
-                self.data.val_fraction + self.data.test_fraction < 1,
-                "data.val_fraction + data.test_fraction must leave samples to train on",
-            ),
-            (self.data.batch_size > 0, "data.batch_size must be positive"),
-            (self.data.num_workers >= 0, "data.num_workers must be 0 or more"),
-            (self.model.channels > 0 and self.model.hidden > 0, "model sizes must be positive"),
-            (0 <= self.model.dropout < 1, "model.dropout must be in [0, 1)"),
-            (self.optim.epochs > 0, "optim.epochs must be positive"),
-            (self.optim.lr > 0, "optim.lr must be positive"),
-            (self.output.checkpoint_every > 0, "output.checkpoint_every must be positive"),
-            (self.output.keep_checkpoints > 0, "output.keep_checkpoints must be positive"),
-        ]
-        _require(checks)
+        data, optim, output = self.data, self.optim, self.output
+        require(
+            [
+                (bool(self.task), "no task configured: set `task: <name>` in configs/train.yaml (`tasks` lists them)"),
+                (0 < data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
+                (0 < data.test_fraction < 1, "data.test_fraction must be between 0 and 1"),
+                (
+                    data.val_fraction + data.test_fraction < 1,
+                    "data.val_fraction + data.test_fraction must leave samples to train on",
+                ),
+                (data.batch_size > 0, "data.batch_size must be positive"),
+                (data.num_workers >= 0, "data.num_workers must be 0 or more"),
+                (optim.epochs > 0, "optim.epochs must be positive"),
+                (optim.lr > 0, "optim.lr must be positive"),
+                (output.checkpoint_every > 0, "output.checkpoint_every must be positive"),
+                (output.keep_checkpoints > 0, "output.keep_checkpoints must be positive"),
+            ]
+        )
 
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    model_path: str = "models/model.pt"
-    device: str = "auto"
-    max_batch_size: int = 64  # samples in one forward pass
-    max_wait_ms: float = 0.0  # extra wait for a fuller batch; 0 = take what queued during the last pass
-    max_request_samples: int = 256  # larger requests get 413
-    max_body_bytes: int = 1_048_576
-    graceful_timeout_s: float = 10.0  # in-flight requests get this long to finish on shutdown
+    host: str = option("127.0.0.1", "address to bind; 0.0.0.0 serves other machines")
+    port: int = option(8000, "TCP port")
+    workers: int = option(1, "processes; each loads the model and batches on its own")
+    model_path: str = option(MODEL_PATH, "the model to serve; its checkpoint names its task")
+    task: str = option("", "refuse a model of any other task; empty: serve whatever the model is")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    max_batch_size: int = option(64, "samples in one forward pass")
+    max_wait_ms: float = option(0.0, "extra wait for a fuller batch; 0: batch what queued meanwhile")
+    max_request_samples: int = option(256, "larger requests get 413")
+    max_body_bytes: int = option(1_048_576, "larger bodies and uploads get 413")
+    graceful_timeout_s: float = option(10.0, "in-flight requests get this long to finish on SIGTERM")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         check_device_spec(self.device)
-        checks = [
-            (0 <= self.port <= 65535, "port must be 0-65535"),
-            (self.workers >= 1, "workers must be at least 1"),
-            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
-            (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
-            (self.max_request_samples >= 1, "max_request_samples must be at least 1"),
-            (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
-            (self.graceful_timeout_s >= 0, "graceful_timeout_s must be 0 or more"),
-        ]
-        _require(checks)
+        require(
+            [
+                (0 <= self.port <= 65535, "port must be 0-65535"),
+                (self.workers >= 1, "workers must be at least 1"),
+                (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+                (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
+                (self.max_request_samples >= 1, "max_request_samples must be at least 1"),
+                (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
+                (self.graceful_timeout_s >= 0, "graceful_timeout_s must be 0 or more"),
+            ]
+        )
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:
@@ -128,7 +139,8 @@ def _coerce(key: str, value: Any, expected: type) -> Any:
     return value
 
 
-def _merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+def merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set `values` (nested dicts) on the dataclass `target`, checking every key and type."""
     fields = {f.name: f for f in dataclasses.fields(target)}
     for name, value in values.items():
         key = f"{prefix}{name}"
@@ -136,10 +148,13 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
             known = ", ".join(f"{prefix}{n}" for n in fields)
             raise UsageError(f"unknown config key {key!r} (known: {known})")
         current = getattr(target, name)
-        if dataclasses.is_dataclass(current):
+        if dataclasses.is_dataclass(current) or isinstance(current, dict):
             if not isinstance(value, dict):
                 raise UsageError(f"config key {key!r} is a section; set {key}.<key>=<value>")
-            _merge(current, value, prefix=f"{key}.")
+            if isinstance(current, dict):  # free-form until its owner (the task) checks it
+                current.update(value)
+            else:
+                merge(current, value, prefix=f"{key}.")
         else:
             setattr(target, name, _coerce(key, value, type(current)))
 
@@ -162,12 +177,17 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """A Config back from `to_dict()` output (a run's recorded config)."""
-    config = Config()
-    _merge(config, values)
-    config.validate()
-    return config
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of sections")
+    return values
 
 
 def load_config(
@@ -175,19 +195,39 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     kind: type[Config] | type[ServeConfig] = Config,
 ) -> Any:  # an instance of `kind`
+    """Defaults, then the YAML file, then the overrides; checked, and (training) the task's model
+    options completed from the task's own defaults."""
     config = kind()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {str(path)!r} not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-        if not isinstance(values, dict):
-            raise UserError(f"config file {str(path)!r} must hold a mapping of sections")
-        _merge(config, values)
+        merge(config, read_yaml(path))
     for text in overrides:
-        _merge(config, parse_override(text))
+        merge(config, parse_override(text))
+    config.validate()
+    if isinstance(config, Config):
+        from .tasks import get_task, model_options  # imports the task (and torch) only now
+
+        config.model = dataclasses.asdict(model_options(get_task(config.task), config.model))
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """A Config back from `to_dict()` output (a run's recorded config)."""
+    config = Config()
+    merge(config, values)
     config.validate()
     return config
+
+
+def describe(config: Any, options: Any = None, indent: str = "") -> list[str]:
+    """The config as YAML lines, each key with its help as a comment (`python -m pkg config`)."""
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        nested = options if isinstance(value, dict) and options is not None else value
+        if dataclasses.is_dataclass(nested):
+            lines += [f"{indent}{f.name}:", *describe(nested, indent=indent + "  ")]
+            continue
+        text = yaml.safe_dump(value, default_flow_style=True, width=1000).removesuffix("\n...\n").strip()
+        comment = f.metadata.get("help", "")
+        lines.append(f"{indent}{f.name}: {text}".ljust(36) + (f"  # {comment}" if comment else ""))
+    return lines

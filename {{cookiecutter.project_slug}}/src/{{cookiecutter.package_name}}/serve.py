@@ -10,9 +10,7 @@ request id also appears in the log.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
-import io
 import json
 import logging
 import math
@@ -31,9 +29,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field
 
 from .config import ServeConfig
-from .data import IMAGE_SIZE, NUM_CLASSES, PIXEL_MAX
 from .errors import UserError
-from .predict import Prediction, Predictor, load_image, validate_samples
+from .predict import Prediction, Predictor, file_types, named_samples
+from .tasks.base import InputSpec
 
 log = logging.getLogger("{{ cookiecutter.package_name }}.serve")
 DESCRIPTION = "{{ cookiecutter.description }}"
@@ -49,34 +47,33 @@ class ClientError(Exception):
 
 # --- the API's documented shapes (requests are parsed by hand for one-line errors) ----------------
 
-Sample = list[list[float]]
-
-
-ROW = {
-    "type": "array",
-    "minItems": IMAGE_SIZE,
-    "maxItems": IMAGE_SIZE,
-    "items": {"type": "number", "minimum": 0, "maximum": PIXEL_MAX},
-}
-SAMPLE_SCHEMA = {"type": "array", "minItems": IMAGE_SIZE, "maxItems": IMAGE_SIZE, "items": ROW}
-
-
-class PredictRequest(BaseModel):
-    inputs: list[Sample] = Field(
-        min_length=1,
-        description=f"{IMAGE_SIZE}x{IMAGE_SIZE} samples in the training scale, 0 to {PIXEL_MAX:g}",
-        json_schema_extra={"items": SAMPLE_SCHEMA},
-    )
-
 
 class PredictResponse(BaseModel):
-    predictions: list[int] = Field(description="the predicted digit of each input, in input order")
-    probabilities: list[list[float]] = Field(description=f"{NUM_CLASSES} class probabilities per input")
+    predictions: list[int] = Field(description="the predicted class index of each input, in input order")
+    labels: list[str] = Field(description="the predicted class name of each input")
+    probabilities: list[list[float]] = Field(description="the class probabilities of each input")
 
 
 class ErrorResponse(BaseModel):
     detail: str
     request_id: str | None = None
+
+
+def request_schema(spec: InputSpec, limit: int) -> dict:
+    """The /predict body, derived from the task's input spec."""
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limit,
+                "items": spec.json_schema(),
+                "description": f"each sample {spec.sample_text()}, {spec.range_text()}: {spec.description}",
+            }
+        },
+    }
 
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500)}
@@ -159,7 +156,7 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_inputs(body: bytes, config: ServeConfig) -> np.ndarray:
+def parse_inputs(body: bytes, config: ServeConfig, spec: InputSpec) -> np.ndarray:
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as err:
@@ -167,28 +164,16 @@ def parse_inputs(body: bytes, config: ServeConfig) -> np.ndarray:
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise ClientError(422, 'the body must be a JSON object {"inputs": [sample, ...]}')
     inputs = payload["inputs"]
-    if not isinstance(inputs, list):
-        raise ClientError(422, "inputs must be a list of 8x8 samples")
-    if not inputs:
+    if isinstance(inputs, list) and not inputs:
         raise ClientError(422, "inputs is empty: send at least one sample")
-    if len(inputs) > config.max_request_samples:
+    if isinstance(inputs, list) and len(inputs) > config.max_request_samples:
         raise ClientError(
             413, f"{len(inputs)} samples is over the limit of {config.max_request_samples} per request"
         )
     try:
-        array = np.array(inputs, dtype=np.float64)
-    except (ValueError, TypeError) as err:  # ragged nesting, strings, nulls
-        raise ClientError(422, "inputs must be 8x8 nested lists of numbers") from err
-    if array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or any(isinstance(v, bool) for v in _flat(inputs)):
-        raise ClientError(422, f"each sample must be an {IMAGE_SIZE}x{IMAGE_SIZE} nested list of numbers")
-    try:
-        return validate_samples(array, "inputs")
+        return spec.from_json(inputs)
     except UserError as err:
         raise ClientError(422, str(err)) from None
-
-
-def _flat(inputs: list) -> list:
-    return [value for sample in inputs for row in sample for value in row]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -206,6 +191,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def response_for(predictions: list[Prediction]) -> dict:
     return {
         "predictions": [p.label for p in predictions],
+        "labels": [p.name for p in predictions],
         "probabilities": [p.probabilities for p in predictions],
     }
 
@@ -292,36 +278,94 @@ def make_metrics(registry: CollectorRegistry) -> dict:
 def create_app(config: ServeConfig) -> FastAPI:
     registry = CollectorRegistry()
     metrics = make_metrics(registry)
-    request_schema = PredictRequest.model_json_schema()
-    request_schema["properties"]["inputs"]["maxItems"] = config.max_request_samples
+    predictor = Predictor(config.model_path, config.device, config.task or None)
+    task, spec = predictor.task, predictor.task.input_spec
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        predictor = Predictor(config.model_path, config.device)
         for size in range(1, config.max_batch_size + 1):  # the kernels for every batch shape, before traffic
-            predictor.predict(np.zeros((size, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+            predictor.predict(np.zeros((size, *spec.shape), dtype=np.float32))
         # The model, torch and the app are long-lived: keeping them out of the collector's full scans
         # takes tens of milliseconds of pauses off the tail latency (p99 56 ms -> 1.4 ms measured).
         gc.collect()
         gc.freeze()
         batcher = MicroBatcher(predictor.predict, config, metrics)
         batcher.start()
-        state.update(predictor=predictor, batcher=batcher)
-        log.info(json.dumps({"event": "ready", "model": config.model_path, "device": str(predictor.device)}))
+        state.update(batcher=batcher)
+        log.info(json.dumps({"event": "ready", "model": config.model_path, "task": predictor.task_name, "device": str(predictor.device)}))
         yield
         await batcher.stop()
         state.clear()
 
+    summary = (task.__doc__ or predictor.task_name).strip().splitlines()[0]
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
-        description=f"{DESCRIPTION} Predicts handwritten digits from 8x8 samples or images.",
+        description=f"{DESCRIPTION} Task `{predictor.task_name}`: {summary} Classes: {', '.join(task.class_names)}.",
         version="1.0",
         lifespan=lifespan,
     )
-
     app.add_middleware(AccessLog, metrics=metrics)
+    add_error_handlers(app)
 
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the model is loaded", responses={503: {"model": ErrorResponse}})
+    async def ready() -> JSONResponse:
+        if "batcher" not in state:
+            return JSONResponse({"detail": "model not loaded"}, status_code=503)
+        body = {"status": "ready", "task": predictor.task_name, "device": str(predictor.device)}
+        return JSONResponse({**body, "model": config.model_path})
+
+    @app.post(
+        "/predict",
+        summary=f"Predict a batch of {spec.shape_text()} samples",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": request_schema(spec, config.max_request_samples)}},
+            }
+        },
+    )
+    async def predict(request: Request) -> dict:
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise ClientError(415, f"content type {content_type or '(none)'!r} is not application/json")
+        samples = parse_inputs(await read_body(request, config.max_body_bytes), config, spec)
+        return response_for(await state["batcher"](samples))
+
+    @app.post(
+        "/predict/file",
+        summary=f"Predict the samples in one uploaded file ({file_types(task)})",
+        response_model=PredictResponse,
+        responses=ERRORS,
+    )
+    async def predict_file(file: UploadFile) -> dict:
+        data = await file.read(config.max_body_bytes + 1)
+        if len(data) > config.max_body_bytes:
+            raise ClientError(413, f"file is over the limit of {config.max_body_bytes} bytes")
+        name = file.filename or "upload"
+        suffix = os.path.splitext(name)[1].lower()
+        try:
+            named = named_samples(data, name, task, suffix if suffix in (".npy", *task.file_types) else None)
+        except UserError as err:
+            raise ClientError(422, str(err)) from None
+        if len(named) > config.max_request_samples:
+            raise ClientError(413, f"{len(named)} samples is over the limit of {config.max_request_samples} per request")
+        return response_for(await state["batcher"](np.stack([sample for _, sample in named])))
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientError)
     async def client_error(request: Request, err: ClientError) -> JSONResponse:
         return JSONResponse(
@@ -334,55 +378,6 @@ def create_app(config: ServeConfig) -> FastAPI:
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         detail = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
         return JSONResponse({"detail": detail, "request_id": request.state.request_id}, status_code=422)
-
-    @app.get("/health", summary="Liveness")
-    async def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="Readiness: the model is loaded", responses={503: {"model": ErrorResponse}})
-    async def ready() -> JSONResponse:
-        if "predictor" not in state:
-            return JSONResponse({"detail": "model not loaded"}, status_code=503)
-        predictor = state["predictor"]
-        return JSONResponse({"status": "ready", "device": str(predictor.device), "model": config.model_path})
-
-    @app.post(
-        "/predict",
-        summary="Predict a batch of 8x8 samples",
-        response_model=PredictResponse,
-        responses=ERRORS,
-        openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}
-        },
-    )
-    async def predict(request: Request) -> dict:
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            raise ClientError(415, f"content type {content_type or '(none)'!r} is not application/json")
-        samples = parse_inputs(await read_body(request, config.max_body_bytes), config)
-        return response_for(await state["batcher"](samples))
-
-    @app.post(
-        "/predict/image",
-        summary="Predict one PNG or JPEG image of a digit",
-        response_model=PredictResponse,
-        responses=ERRORS,
-    )
-    async def predict_image(file: UploadFile) -> dict:
-        data = await file.read(config.max_body_bytes + 1)
-        if len(data) > config.max_body_bytes:
-            raise ClientError(413, f"image is over the limit of {config.max_body_bytes} bytes")
-        try:
-            sample = load_image(io.BytesIO(data), file.filename or "upload")
-        except UserError as err:
-            raise ClientError(422, str(err)) from None
-        return response_for(await state["batcher"](sample[np.newaxis]))
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 CONFIG_VARIABLE = "{{ cookiecutter.package_name | upper }}_SERVE_CONFIG"
@@ -397,7 +392,7 @@ def app_from_environment() -> FastAPI:
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
-    os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
+    os.environ[CONFIG_VARIABLE] = json.dumps(config.to_dict())
     uvicorn.run(
         f"{__name__}:app_from_environment",
         factory=True,

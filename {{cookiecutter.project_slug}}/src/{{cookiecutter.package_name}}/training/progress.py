@@ -1,0 +1,50 @@
+"""Reporting a run as it trains, and the stop requests that may end it early."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from tqdm import tqdm
+
+
+class Progress:
+    """A live bar on a terminal, one line per epoch in logs (CI, containers), where a bar is noise.
+    SIGINT and SIGTERM only record a stop request while it is open; the loop ends at the next batch."""
+
+    def __init__(self, total: int, initial: int, show: bool = True) -> None:
+        self.show, self.live = show, show and sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total, initial=initial, unit="batch", desc="train", disable=not self.live, dynamic_ncols=True
+        )
+        self.signals: list[int] = []
+        self.previous: dict = {}
+
+    def __enter__(self) -> Progress:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, lambda signum, frame: self.signals.append(signum))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.bar.close()
+
+    @property
+    def stop_signal(self) -> int | None:
+        return self.signals[0] if self.signals else None
+
+    def step(self) -> bool:
+        """After each batch: True asks the loop to stop."""
+        self.bar.update(1)
+        return bool(self.signals)
+
+    def epoch_done(self, epoch: int, epochs: int, row: dict[str, float]) -> None:
+        status = {name: f"{row[key]:.3f}" for name, key in self.COLUMNS.items()}
+        if self.live:
+            self.bar.set_postfix(epoch=epoch, **status)
+        elif self.show:
+            fields = " ".join(f"{name} {value}" for name, value in status.items())
+            print(f"epoch {epoch}/{epochs} {fields}", file=sys.stderr)
+
+    COLUMNS = {"loss": "train_loss", "acc": "train_accuracy", "val_acc": "val_accuracy"}

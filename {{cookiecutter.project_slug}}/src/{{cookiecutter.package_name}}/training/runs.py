@@ -1,0 +1,170 @@
+"""The run directory and its one owner. A run is `runs/<UTC time>-<id>/` holding config.yaml,
+manifest.json, checkpoints/ (resumable states) and, once complete, checkpoint.pt, metrics.json and
+curves.png; a complete run's checkpoint is promoted to the project's model. Listing and comparing
+runs live here too."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from ..checkpoint import atomic_write_bytes, read, save
+from ..errors import UserError
+from ..plots import plot_history
+from ..reproducibility import differences
+
+CHECKPOINTS = "checkpoints"
+
+
+def write_json(path: Path, value: dict) -> None:
+    atomic_write_bytes(path, lambda handle: handle.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def create(cls, runs_dir: str | Path) -> RunDir:
+        """runs/<UTC timestamp>-<random suffix>: sorts by time, never collides."""
+        run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+        path = Path(runs_dir) / run_id
+        path.mkdir(parents=True)
+        return cls(path)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunDir:
+        return cls(Path(checkpoint).parent.parent)
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest, or {} for a run without a readable one (stopped before it was written)."""
+        try:
+            return json.loads((self.path / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.path / "manifest.json", manifest)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def checkpoints(self) -> list[Path]:
+        return sorted((self.path / CHECKPOINTS).glob("*.pt"))
+
+    def save_checkpoint(self, payload: dict[str, Any], keep: int) -> Path:
+        """A resumable state, named by its position; only the newest `keep` are kept."""
+        target = self.path / CHECKPOINTS / f"epoch-{payload['epoch']:04d}-batch-{payload['batch']:05d}.pt"
+        save(target, payload)
+        for old in self.checkpoints()[:-keep]:
+            old.unlink()
+        return target
+
+    def finish(self, payload: dict[str, Any], metrics: dict[str, Any], model_path: Path) -> None:
+        """Write the final model, metrics and curves, mark the run complete, then promote its model."""
+        save(self.path / "checkpoint.pt", payload)
+        write_json(self.path / "metrics.json", metrics)
+        plot_history(metrics["history"], self.path / "curves.png")
+        summary = {k: v for k, v in metrics.items() if k != "history"}
+        self.write_manifest({**self.read_manifest(), "status": "complete", "finished": now(), "metrics": summary})
+        promote(self.path / "checkpoint.pt", model_path)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def promote(checkpoint: Path, model_path: Path) -> None:
+    """Publish a run's checkpoint as the project's model without a half-written file in between."""
+    with checkpoint.open("rb") as source:
+        atomic_write_bytes(model_path, lambda handle: shutil.copyfileobj(source, handle))
+
+
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    payload = read(path)
+    if payload.get("kind") != "training":
+        raise UserError(f"{str(path)!r} is a finished model, not a training checkpoint to resume")
+    return payload
+
+
+def latest_checkpoint(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest readable training checkpoint under runs/; damaged ones are skipped with a warning."""
+    candidates = sorted(Path(runs_dir).glob(f"*/{CHECKPOINTS}/*.pt"), key=lambda p: (p.parent.parent.name, p.name))
+    for path in reversed(candidates):
+        try:
+            return path, read_training_checkpoint(path)
+        except UserError as err:
+            print(f"warning: skipping {err}", file=sys.stderr)
+    raise UserError(f"no training checkpoint to resume under {str(runs_dir)!r}")
+
+
+class Resumable(NamedTuple):
+    run: RunDir
+    checkpoint: Path
+    payload: dict[str, Any]
+
+
+def find_resumable(runs_dir: str | Path, target: str) -> Resumable:
+    """`auto` (the newest good checkpoint) or a checkpoint path, of a run that is not complete."""
+    if target == "auto":
+        path, payload = latest_checkpoint(Path(runs_dir))
+    else:
+        path, payload = Path(target), read_training_checkpoint(Path(target))
+    run = RunDir.of_checkpoint(path)
+    if run.read_manifest().get("status") == "complete":
+        raise UserError(f"run {run.name} is complete; there is nothing to resume")
+    return Resumable(run, path, payload)
+
+
+def list_runs(runs_dir: Path) -> str:
+    rows = [("run", "status", "task", "seed", "epochs", "test_acc", "commit")]
+    for path in sorted(p for p in Path(runs_dir).glob("*") if p.is_dir()):
+        manifest = RunDir(path).read_manifest()
+        config, metrics = manifest.get("config", {}), manifest.get("metrics", {})
+        commit = (manifest.get("environment", {}).get("git", {}).get("commit") or "")[:10]
+        accuracy = metrics.get("test_accuracy")
+        rows.append(
+            (
+                path.name,
+                manifest.get("status", "unknown"),
+                str(config.get("task", "")),
+                str(manifest.get("seed", "")),
+                str(metrics.get("epochs", config.get("optim", {}).get("epochs", ""))),
+                f"{accuracy:.4f}" if accuracy is not None else "",
+                commit,
+            )
+        )
+    if len(rows) == 1:
+        return f"no runs in {runs_dir}"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def find_run(runs_dir: Path, name: str) -> RunDir:
+    matches = [p for p in Path(runs_dir).glob(f"{name}*") if p.is_dir()]
+    if len(matches) != 1:
+        raise UserError(f"{name!r} names {len(matches)} runs in {runs_dir}; give more of the run id")
+    return RunDir(matches[0])
+
+
+def compare(runs_dir: Path, first: str, second: str) -> str:
+    a, b = (find_run(runs_dir, name) for name in (first, second))
+    diff = differences(a.read_manifest(), b.read_manifest())
+    if not diff:
+        return f"{a.name} and {b.name} have identical manifests"
+    lines = [f"{len(diff)} manifest fields differ between {a.name} and {b.name}:"]
+    lines += [f"  {key}: {json.dumps(x)} -> {json.dumps(y)}" for key, x, y in diff]
+    return "\n".join(lines)
