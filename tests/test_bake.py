@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
 import tomllib
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,25 +43,32 @@ PACKAGE_FILES = [
     "__main__.py",
     "cli.py",
     "config.py",
-    "data.py",
-    "model.py",
     "train.py",
     "evaluate.py",
     "predict.py",
     "serve.py",
     "reproducibility.py",
-    "runs.py",
     "checkpoint.py",
     "device.py",
     "variants.py",
     "errors.py",
     "plots.py",
+    "tasks/__init__.py",
+    "tasks/base.py",
+    "tasks/digits.py",
+    "tasks/breast_cancer.py",
+    "training/__init__.py",
+    "training/loop.py",
+    "training/state.py",
+    "training/runs.py",
+    "training/progress.py",
     "gpu/__init__.py",
     "gpu/checks.py",
     "gpu/report.py",
     "gpu/snapshot.py",
     "gpu/visible.py",
 ]
+MAX_FUNCTION_LINES = 60  # the generated code's style: a function reads on one screen
 MAKE_TARGETS = [
     "help",
     "env",
@@ -83,6 +93,11 @@ def baked(request, tmp_path_factory):
     options = request.param
     project = bake_ok(tmp_path_factory.mktemp("bake"), **options)
     return options, project
+
+
+@pytest.fixture(scope="module")
+def default_project(tmp_path_factory) -> Path:
+    return bake_ok(tmp_path_factory.mktemp("defaults"))
 
 
 def package_dir(project):
@@ -193,3 +208,41 @@ def test_generated_fast_tests_pass(baked, project_python):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout)
+
+
+def functions(node: ast.AST, prefix: str = "") -> Iterator[tuple[str, ast.AST]]:
+    """Every function and method under `node`, named as `Class.method` or `outer.inner`."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{child.name}"
+            if not isinstance(child, ast.ClassDef):
+                yield name, child
+            yield from functions(child, f"{name}.")
+        else:
+            yield from functions(child, prefix)
+
+
+def long_functions(root: Path) -> list[str]:
+    """`file:function (N lines)` for each function longer than MAX_FUNCTION_LINES, counted from its
+    `def` line (decorators excluded) to its last line."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for name, node in functions(ast.parse(path.read_text(), filename=str(path))):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                found.append(f"{path.relative_to(root)}:{name} ({lines} lines)")
+    return found
+
+
+def test_long_functions_are_found_and_named(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))
+    (tmp_path / "mod.py").write_text(
+        f"class A:\n    @staticmethod\n    def fits():\n{body.replace('    ', '        ')}\n"
+        f"async def too_long():\n{body}    x = 0\n"
+    )
+    assert long_functions(tmp_path) == [f"mod.py:too_long ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_no_generated_function_is_too_long(default_project):
+    found = long_functions(default_project / "src")
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(found)

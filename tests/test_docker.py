@@ -31,6 +31,16 @@ from .containers import (
 
 BIN = Path(sys.executable).parent
 COMPOSE_ENV = {"PYTHON_VERSION": "3.11", "TORCH_INDEX_URL": "", "DOCKER_UID": "1000", "DOCKER_GID": "1000"}
+TABULAR_MODEL = "models/breast_cancer.pt"
+# argv[1] <- three malignant and three benign tumours of scikit-learn's data, as CSV with its header.
+TUMOUR_ROWS = """
+import sys
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+data = load_breast_cancer()
+rows = np.r_[np.flatnonzero(data.target == 0)[:3], np.flatnonzero(data.target == 1)[:3]]
+np.savetxt(sys.argv[1], data.data[rows], delimiter=",", header=",".join(data.feature_names), comments="")
+"""
 
 
 @pytest.fixture(
@@ -163,107 +173,168 @@ def test_build_and_run_the_cpu_image(engine, cpu_project, tmp_path):
         stack.callback(remove_images_since, before)  # the tagged image and its dependency stages
         stack.callback(lambda: run_make(project, "docker-clean", *settings))
 
-        result = run_make(project, "build", *settings)
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        labels = json.loads(docker("image", "inspect", f"{image}:latest").stdout)[0]["Config"]["Labels"]
-        lock_sha = subprocess.run(
-            ["sha256sum", "requirements/prod.txt"], cwd=project, capture_output=True, text=True
-        ).stdout[:64]
-        assert labels["digit_classifier.lock-sha256"] == lock_sha
-        assert labels["org.opencontainers.image.revision"]
+        build_and_inspect(project, image, settings, uid)
+        infer_a_digit_from_the_baked_weights(project, image)
+        infer_tabular_rows_with_a_mounted_model(project, image, uid, gid, stack)
+        train_through_compose(project, settings, uid, gid, stack)
+        rebuild_after_a_code_change(project, settings, stack)
+        serve_through_compose(project, image, uid, gid, stack)
 
-        # not root, and nothing private or bulky in the image
-        assert docker("run", "--rm", "--entrypoint", "id", f"{image}:latest", "-u").stdout.strip() == uid
-        listing = docker("run", "--rm", "--entrypoint", "find", f"{image}:latest", "/app").stdout
-        assert "private.csv" not in listing and ".env" not in listing and ".venv" not in listing
-        assert "/app/models/model.pt" in listing and "/app/src/digit_classifier/cli.py" in listing
-        # the build-time CA bundle stayed in the dependency stage
-        assert docker("run", "--rm", "--entrypoint", "ls", f"{image}:latest", "/build").returncode != 0
-        assert "ca/" not in docker("history", "--no-trunc", f"{image}:latest").stdout
 
-        # inference from the baked weights, no volume at all: a digit arrives on standard input
-        digit = project / "data" / "digit.npy"
-        subprocess.run(
-            [
-                str(project / ".venv/bin/python"),
-                "-c",
-                "import numpy as np; from sklearn.datasets import load_digits; d = load_digits();"
-                f"np.save('{digit}', d.images[d.target == 7][0])",
-            ],
-            check=True,
-        )
-        infer = subprocess.run(
-            ["docker", "run", "--rm", "-i", f"{image}:latest", "infer", "--json", "-"],
-            input=digit.read_bytes(),
-            capture_output=True,
-            timeout=300,
-        )
-        assert infer.returncode == 0, infer.stderr
-        assert json.loads(infer.stdout)["label"] == 7
+def build_and_inspect(project: Path, image: str, settings: list[str], uid: str) -> None:
+    """The build, its labels, its user, and nothing private or bulky in the image."""
+    result = run_make(project, "build", *settings)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    labels = json.loads(docker("image", "inspect", f"{image}:latest").stdout)[0]["Config"]["Labels"]
+    lock_sha = subprocess.run(
+        ["sha256sum", "requirements/prod.txt"], cwd=project, capture_output=True, text=True
+    ).stdout[:64]
+    assert labels["digit_classifier.lock-sha256"] == lock_sha
+    assert labels["org.opencontainers.image.revision"]
 
-        # training through compose writes to the mounted folders as the invoking user
-        for folder in ("data", "runs", "models"):
-            shutil.chown(project / folder, int(uid), int(gid))
-        stack.callback(
-            lambda: subprocess.run(["chown", "-R", "root:root", "data", "runs", "models"], cwd=project)
-        )
-        runs_before = set((project / "runs").iterdir())
-        result = run_make(project, "docker-cpu", "ARGS=optim.epochs=1 --no-progress", *settings)
+    # not root, and nothing private or bulky in the image
+    assert docker("run", "--rm", "--entrypoint", "id", f"{image}:latest", "-u").stdout.strip() == uid
+    listing = docker("run", "--rm", "--entrypoint", "find", f"{image}:latest", "/app").stdout
+    assert "private.csv" not in listing and ".env" not in listing and ".venv" not in listing
+    assert "/app/models/model.pt" in listing and "/app/src/digit_classifier/cli.py" in listing
+    # the build-time CA bundle stayed in the dependency stage
+    assert docker("run", "--rm", "--entrypoint", "ls", f"{image}:latest", "/build").returncode != 0
+    assert "ca/" not in docker("history", "--no-trunc", f"{image}:latest").stdout
+
+
+def infer_a_digit_from_the_baked_weights(project: Path, image: str) -> None:
+    """No volume at all: a digit arrives on standard input."""
+    digit = project / "data" / "digit.npy"
+    subprocess.run(
+        [
+            str(project / ".venv/bin/python"),
+            "-c",
+            "import numpy as np; from sklearn.datasets import load_digits; d = load_digits();"
+            f"np.save('{digit}', d.images[d.target == 7][0])",
+        ],
+        check=True,
+    )
+    infer = subprocess.run(
+        ["docker", "run", "--rm", "-i", f"{image}:latest", "infer", "--json", "-"],
+        input=digit.read_bytes(),
+        capture_output=True,
+        timeout=300,
+    )
+    assert infer.returncode == 0, infer.stderr
+    assert json.loads(infer.stdout)["label"] == 7
+
+
+def infer_tabular_rows_with_a_mounted_model(
+    project: Path, image: str, uid: str, gid: str, stack: contextlib.ExitStack
+) -> None:
+    """The breast-cancer model, trained on the host and mounted read-only: CSV rows (header
+    included) on standard input get the host's predictions."""
+    model = project / TABULAR_MODEL
+    if not model.is_file():
+        args = f"ARGS=task=breast_cancer output.model_path={TABULAR_MODEL} optim.epochs=5 --no-progress"
+        result = run_make(project, "train", args)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        (new_run,) = set((project / "runs").iterdir()) - runs_before
-        for path in [new_run, *new_run.iterdir(), project / "models" / "model.pt"]:
-            assert (path.stat().st_uid, path.stat().st_gid) == (int(uid), int(gid)), path
+    # The file belongs to whoever trained it, as the image's user does for a user who built it.
+    owner = model.stat()
+    shutil.chown(model, int(uid), int(gid))
+    stack.callback(os.chown, model, owner.st_uid, owner.st_gid)
+    rows = project / "data" / "tumours.csv"
+    python = str(project / ".venv" / "bin" / "python")
+    subprocess.run([python, "-c", TUMOUR_ROWS, str(rows)], check=True)
+    host = subprocess.run(
+        [python, "-m", "digit_classifier", "infer", "--model", TABULAR_MODEL, "--json", str(rows)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert host.returncode == 0, host.stderr
+    infer = ["infer", "--model", f"/models/{model.name}", "--json", "-"]
+    container = subprocess.run(
+        ["docker", "run", "--rm", "-i", "-v", f"{project / 'models'}:/models:ro", f"{image}:latest", *infer],
+        input=rows.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert container.returncode == 0, container.stderr
+    ours, theirs = ([json.loads(line) for line in r.stdout.splitlines()] for r in (host, container))
+    assert len(ours) == len(theirs) == 6
+    assert [p["class"] for p in theirs] == [p["class"] for p in ours]
+    assert {p["class"] for p in ours} <= {"malignant", "benign"}
+    assert [p["confidence"] for p in theirs] == pytest.approx([p["confidence"] for p in ours], abs=1e-5)
 
-        # a source-only change rebuilds without reinstalling the dependencies
-        source = project / "src" / "digit_classifier" / "cli.py"
-        original = source.read_text()
-        stack.callback(source.write_text, original)
-        source.write_text(original + "\n# a code change\n")
-        result = run_make(project, "build", *settings)
-        assert result.returncode == 0, result.stderr[-3000:]
-        after_pip = result.stdout.split("pip install --require-hashes", 1)[1].split("Step", 1)[0]
-        assert re.search(r"Using cache|CACHED", after_pip), "the dependency layer was rebuilt"
 
-        # the server in the container: published port, healthcheck, same predictions
-        port = free_port()
-        env = {
-            **os.environ,
-            "PYTHON_VERSION": "3.11",
-            "IMAGE": image,
-            "PORT": str(port),
-            "DOCKER_UID": uid,
-            "DOCKER_GID": gid,
-        }
-        compose = ["docker-compose", "--project-name", image]
-        up = subprocess.run(
-            [*compose, "up", "--detach", "--no-build", "serve"],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+def train_through_compose(
+    project: Path, settings: list[str], uid: str, gid: str, stack: contextlib.ExitStack
+) -> None:
+    """Training through compose writes to the mounted folders as the invoking user."""
+    for folder in ("data", "runs", "models"):
+        shutil.chown(project / folder, int(uid), int(gid))
+    stack.callback(
+        lambda: subprocess.run(["chown", "-R", "root:root", "data", "runs", "models"], cwd=project)
+    )
+    runs_before = set((project / "runs").iterdir())
+    result = run_make(project, "docker-cpu", "ARGS=optim.epochs=1 --no-progress", *settings)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (new_run,) = set((project / "runs").iterdir()) - runs_before
+    for path in [new_run, *new_run.iterdir(), project / "models" / "model.pt"]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (int(uid), int(gid)), path
+
+
+def rebuild_after_a_code_change(project: Path, settings: list[str], stack: contextlib.ExitStack) -> None:
+    """A source-only change rebuilds without reinstalling the dependencies."""
+    source = project / "src" / "digit_classifier" / "cli.py"
+    original = source.read_text()
+    stack.callback(source.write_text, original)
+    source.write_text(original + "\n# a code change\n")
+    result = run_make(project, "build", *settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after_pip = result.stdout.split("pip install --require-hashes", 1)[1].split("Step", 1)[0]
+    assert re.search(r"Using cache|CACHED", after_pip), "the dependency layer was rebuilt"
+
+
+def serve_through_compose(project: Path, image: str, uid: str, gid: str, stack: contextlib.ExitStack) -> None:
+    """The server in the container: published port, healthcheck, same predictions."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHON_VERSION": "3.11",
+        "IMAGE": image,
+        "PORT": str(port),
+        "DOCKER_UID": uid,
+        "DOCKER_GID": gid,
+    }
+    compose = ["docker-compose", "--project-name", image]
+    up = subprocess.run(
+        [*compose, "up", "--detach", "--no-build", "serve"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    stack.callback(
+        lambda: subprocess.run(
+            [*compose, "down", "--remove-orphans"], cwd=project, env=env, capture_output=True, timeout=300
         )
-        stack.callback(
-            lambda: subprocess.run(
-                [*compose, "down", "--remove-orphans"], cwd=project, env=env, capture_output=True, timeout=300
-            )
-        )
-        assert up.returncode == 0, up.stderr
-        container = subprocess.run(
-            [*compose, "ps", "--quiet", "serve"], cwd=project, env=env, capture_output=True, text=True
-        ).stdout.strip()
-        deadline = time.monotonic() + 120
-        while (
-            health := docker("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip()
-        ) != "healthy":
-            assert health in ("starting", "") and time.monotonic() < deadline, health
-            time.sleep(1)
-        sample = {"inputs": [[[0, 0, 5, 13, 9, 1, 0, 0]] * 8]}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/predict",
-            data=json.dumps(sample).encode(),
-            headers={"content-type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-        assert len(answer["predictions"]) == 1 and len(answer["probabilities"][0]) == 10
+    )
+    assert up.returncode == 0, up.stderr
+    container = subprocess.run(
+        [*compose, "ps", "--quiet", "serve"], cwd=project, env=env, capture_output=True, text=True
+    ).stdout.strip()
+    deadline = time.monotonic() + 120
+    while (
+        health := docker("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip()
+    ) != "healthy":
+        assert health in ("starting", "") and time.monotonic() < deadline, health
+        time.sleep(1)
+    sample = {"inputs": [[[0, 0, 5, 13, 9, 1, 0, 0]] * 8]}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict",
+        data=json.dumps(sample).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    assert len(answer["predictions"]) == 1 and len(answer["probabilities"][0]) == 10

@@ -1,34 +1,233 @@
-"""A baked CPU project driven exactly as a user would: make env, train, evaluate, infer (slow)."""
+"""A baked CPU project driven exactly as a user would: make env, train, evaluate, infer, serve, and a
+task added as one new file (slow)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from .conftest import bake_ok, run_make
+from .conftest import bake_ok, free_port, run_make
 
 pytestmark = pytest.mark.slow
+
+PACKAGE = "digit_classifier"
+TABULAR_MODEL = "models/breast_cancer.pt"
 
 RENDER_KNOWN_DIGITS = """
 import sys
 from pathlib import Path
 import numpy as np
 from digit_classifier.config import load_config
-from digit_classifier.data import load_splits
+from digit_classifier.tasks import get_task
 from tests.conftest import write_digit_png
 
 out, config = Path(sys.argv[1]), load_config("configs/train.yaml")
-test = load_splits(config.seed, config.data.val_fraction, config.data.test_fraction).test
-samples = np.stack([test.images[np.flatnonzero(test.labels == d)[0]] for d in range(10)])
+test = get_task("digits").load_splits(config.seed, config.data.val_fraction, config.data.test_fraction).test
+samples = np.stack([test.inputs[np.flatnonzero(test.labels == d)[0]] for d in range(10)])
 np.save(out / "batch.npy", samples)
 for d, sample in enumerate(samples):
     write_digit_png(sample, out / f"digit{d}.png", scale=4 + 2 * d, dark_on_light=d % 2 == 0)
 """
+
+# The whole breast-cancer test split as a .npy batch and as a CSV whose header (sklearn's feature
+# names) puts the columns in reverse order, with the true labels beside them.
+WRITE_TABULAR_SAMPLES = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from digit_classifier.config import load_config
+from digit_classifier.tasks import get_task
+
+out, config = Path(sys.argv[1]), load_config("configs/train.yaml")
+task = get_task("breast_cancer")
+test = task.load_splits(config.seed, config.data.val_fraction, config.data.test_fraction).test
+np.save(out / "rows.npy", test.inputs)
+lines = [",".join(task.input_spec.names[::-1])]
+lines += [",".join(f"{value:.9g}" for value in row[::-1]) for row in test.inputs]
+(out / "rows.csv").write_text("\\n".join(lines) + "\\n")
+(out / "labels.json").write_text(json.dumps(test.labels.tolist()))
+"""
+
+NPY_AS_JSON = "import json, sys, numpy as np; print(json.dumps(np.load(sys.argv[1]).tolist()))"
+SAVE_NPY = (
+    "import json, sys, numpy as np; np.save(sys.argv[1], np.array(json.loads(sys.argv[2]), np.float32))"
+)
+
+# A third task, from the public contract alone (tasks/base.py): what a user adds to the project.
+IRIS_TASK = '''"""Iris species from four flower measurements (scikit-learn's bundled data set)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from ..config import option, require
+from .base import InputSpec, read_csv, stratified_splits
+
+
+@dataclass
+class Options:
+    hidden: int = option(32, "units of the hidden layer")
+
+    def validate(self) -> None:
+        require([(self.hidden > 0, "model.hidden must be positive")])
+
+
+class Iris:
+    """Iris species from sepal and petal measurements."""
+
+    input_spec = InputSpec(shape=(4,), low=0.0, high=10.0, description="sepal/petal length/width, cm")
+    class_names = ("setosa", "versicolor", "virginica")
+    file_types = (".csv",)
+    Options = Options
+
+    def load_splits(self, seed, val_fraction, test_fraction):
+        from sklearn.datasets import load_iris
+
+        data = load_iris()
+        inputs, labels = data.data.astype(np.float32), data.target.astype(np.int64)
+        return stratified_splits(inputs, labels, seed, val_fraction, test_fraction)
+
+    def fit_preprocessing(self, train):
+        return {}
+
+    def build_model(self, options, preprocessing):
+        return nn.Sequential(nn.Linear(4, options.hidden), nn.ReLU(), nn.Linear(options.hidden, 3))
+
+    def read_file(self, data, name):
+        return read_csv(data, name, self.input_spec)
+
+
+TASK = Iris()
+'''
+
+# A task module whose TASK lacks one member of the contract.
+BROKEN_TASK = """from types import SimpleNamespace
+
+from .iris import TASK as IRIS
+
+TASK = SimpleNamespace(**{k: getattr(IRIS, k) for k in dir(IRIS) if k[0] != "_" and k != "read_file"})
+"""
+
+# The first iris of each species in the data set.
+IRIS_SAMPLES = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
+IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
+
+
+def run_python(python: Path, project: Path, *args: str, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [str(python), *args], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def cli(python: Path, project: Path, *args: str, env: dict[str, str] | None = None):
+    """`python -m <package> ...` in `project`, as the Makefile runs it."""
+    return run_python(python, project, "-m", PACKAGE, *args, env=env)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess, exit_code: int) -> str:
+    assert result.returncode == exit_code, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def run_dir_of(project: Path, train: subprocess.CompletedProcess) -> Path:
+    """The run directory that `train` reported (its `run   <path>` line)."""
+    (path,) = re.findall(r"^run +(\S+)$", ok(train), re.M)
+    return project / path
+
+
+def http(url: str, body: bytes | None = None, content_type: str = "application/json") -> tuple[int, dict]:
+    """(status, JSON body) of a GET (no body) or POST; 4xx and 5xx are answers, not exceptions."""
+    headers = {"Content-Type": content_type} if body is not None else {}
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def post_json(url: str, payload: object) -> tuple[int, dict]:
+    return http(url, json.dumps(payload).encode())
+
+
+def post_file(url: str, name: str, data: bytes) -> tuple[int, dict]:
+    """A multipart upload of one file in the field `file`, as a browser or `curl -F` sends it."""
+    boundary = uuid.uuid4().hex
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return http(url, body, f"multipart/form-data; boundary={boundary}")
+
+
+def rejections(url: str, bodies: dict[str, bytes]) -> dict[str, tuple[int, str]]:
+    """POST each body to /predict: every one must get a 4xx with a one-line detail and a request id."""
+    answers = {}
+    for why, body in bodies.items():
+        status, answer = http(url + "/predict", body)
+        assert 400 <= status < 500 and answer.get("request_id"), (why, status, answer)
+        assert isinstance(answer["detail"], str) and "\n" not in answer["detail"], (why, answer)
+        answers[why] = (status, answer["detail"])
+    return answers
+
+
+@contextmanager
+def serving(python: Path, project: Path, *overrides: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`serve` on a free loopback port, yielding its URL once /ready answers; SIGTERM at the end."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [str(python), "-m", PACKAGE, "serve", "--port", url.rsplit(":", 1)[1], "device=cpu", *overrides]
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen(
+            command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_until_ready(url, server, log)
+            yield url
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+def wait_until_ready(url: str, server: subprocess.Popen, log, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while http_ready(url) is None:
+        if server.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            pytest.fail(f"the server did not get ready (exit {server.poll()}):\n{log.read()[-3000:]}")
+        time.sleep(0.3)
+
+
+def http_ready(url: str) -> dict | None:
+    try:
+        status, body = http(url + "/ready")
+    except OSError:  # not listening yet
+        return None
+    return body if status == 200 else None
 
 
 def pins(lock_file) -> dict[str, str]:
@@ -52,34 +251,162 @@ def test_env_is_a_fast_no_op_when_up_to_date(cpu_project):
     assert "sync" not in result.stdout
 
 
-def test_train_evaluate_infer(cpu_project, tmp_path):
-    result = run_make(cpu_project, "train", "ARGS=--no-progress")
-    assert result.returncode == 0, result.stdout + result.stderr
-    (run_dir,) = sorted((cpu_project / "runs").glob("2*"))[-1:]
+def test_train_evaluate_infer(cpu_project, project_python, tmp_path):
+    run_dir = run_dir_of(cpu_project, run_make(cpu_project, "train", "ARGS=--no-progress"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.95
+    assert metrics["test_accuracy"] >= 0.95 and metrics["task"] == "digits"
     assert {"config.yaml", "metrics.json", "curves.png", "checkpoint.pt"} <= {
         p.name for p in run_dir.iterdir()
     }
     model = cpu_project / "models" / "model.pt"
     assert model.read_bytes() == (run_dir / "checkpoint.pt").read_bytes()
 
-    result = run_make(cpu_project, "-s", "evaluate", "ARGS=--json")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    evaluation = json.loads(ok(run_make(cpu_project, "-s", "evaluate", "ARGS=--json")))
+    assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert evaluation["task"] == "digits"
 
     # Known digits: the first test sample of each class, drawn as PNGs of several sizes and both
     # polarities by the project's own test helper, plus the same samples as one .npy batch.
-    python = cpu_project / ".venv" / "bin" / "python"
-    subprocess.run([str(python), "-c", RENDER_KNOWN_DIGITS, str(tmp_path)], cwd=cpu_project, check=True)
+    ok(run_python(project_python, cpu_project, "-c", RENDER_KNOWN_DIGITS, str(tmp_path)))
     paths = [tmp_path / f"digit{d}.png" for d in range(10)]
     inputs = " ".join(map(str, [*paths, tmp_path / "batch.npy"]))
-    result = run_make(cpu_project, "-s", "infer", f"INPUT={inputs}", "ARGS=--json")
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = json_lines(ok(run_make(cpu_project, "-s", "infer", f"INPUT={inputs}", "ARGS=--json")))
     assert [line["label"] for line in lines[:10]] == list(range(10)), "PNG digits"
     assert [line["label"] for line in lines[10:]] == list(range(10)), ".npy batch"
     assert all(0.5 < line["confidence"] <= 1 for line in lines)
+
+
+@pytest.fixture(scope="module")
+def tabular(cpu_project, project_python, tmp_path_factory) -> SimpleNamespace:
+    """The breast-cancer task trained with make beside the digits model (models/model.pt stays the
+    digits one), and its whole test split as files, with the true labels."""
+    args = f"ARGS=task=breast_cancer output.model_path={TABULAR_MODEL} --no-progress"
+    run_dir = run_dir_of(cpu_project, run_make(cpu_project, "train", args))
+    samples = tmp_path_factory.mktemp("tabular")
+    ok(run_python(project_python, cpu_project, "-c", WRITE_TABULAR_SAMPLES, str(samples)))
+    labels = json.loads((samples / "labels.json").read_text())
+    return SimpleNamespace(run_dir=run_dir, npy=samples / "rows.npy", csv=samples / "rows.csv", labels=labels)
+
+
+def infer_tabular(project: Path, *paths: Path) -> list[dict]:
+    inputs = " ".join(map(str, paths))
+    return json_lines(
+        ok(run_make(project, "-s", "infer", f"INPUT={inputs}", f"ARGS=--json --model {TABULAR_MODEL}"))
+    )
+
+
+def test_tabular_task_trains_evaluates_and_infers(cpu_project, tabular):
+    metrics = json.loads((tabular.run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "breast_cancer" and metrics["test_accuracy"] >= 0.9
+    assert "task: breast_cancer" in (tabular.run_dir / "config.yaml").read_text()
+    assert (cpu_project / TABULAR_MODEL).read_bytes() == (tabular.run_dir / "checkpoint.pt").read_bytes()
+
+    evaluation = json.loads(
+        ok(run_make(cpu_project, "-s", "evaluate", f"ARGS=--json --model {TABULAR_MODEL}"))
+    )
+    assert evaluation["task"] == "breast_cancer" and evaluation["model"] == TABULAR_MODEL
+    assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+    count = len(tabular.labels)
+    lines = infer_tabular(cpu_project, tabular.npy, tabular.csv)
+    assert len(lines) == 2 * count
+    from_npy, from_csv = lines[:count], lines[count:]
+    assert [line["input"] for line in from_csv] == [f"{tabular.csv}[{i}]" for i in range(count)]
+    assert [line["label"] for line in from_npy] == [line["label"] for line in from_csv]
+    assert {line["class"] for line in lines} <= {"malignant", "benign"}
+    right = sum(line["label"] == label for line, label in zip(from_npy, tabular.labels, strict=True))
+    assert right >= 0.9 * count
+
+
+def test_tabular_task_served(cpu_project, project_python, tabular):
+    expected = [line["label"] for line in infer_tabular(cpu_project, tabular.npy)]
+    samples = json.loads(ok(run_python(project_python, cpu_project, "-c", NPY_AS_JSON, str(tabular.npy))))
+    first = samples[0]
+    with serving(project_python, cpu_project, f"model_path={TABULAR_MODEL}") as url:
+        assert http(url + "/ready")[1]["task"] == "breast_cancer"
+        status, answer = post_json(url + "/predict", {"inputs": samples})
+        assert status == 200 and answer["predictions"] == expected, answer
+        assert answer["labels"] == [("malignant", "benign")[label] for label in expected]
+        status, answer = post_file(url + "/predict/file", "rows.csv", tabular.csv.read_bytes())
+        assert status == 200 and answer["predictions"] == expected, answer
+        errors = rejections(
+            url,
+            {
+                "wrong length": json.dumps({"inputs": [first[:29]]}).encode(),
+                "negative": json.dumps({"inputs": [[-1.0, *first[1:]]]}).encode(),
+                "string": json.dumps({"inputs": [["x", *first[1:]]]}).encode(),
+                "empty": json.dumps({"inputs": []}).encode(),
+                "NaN literal": json.dumps({"inputs": [[float("nan"), *first[1:]]]}).encode(),
+                "malformed": b'{"inputs": [[1, 2',
+            },
+        )
+    assert errors["wrong length"] == (422, "inputs must be a list of samples, each a list of 30 numbers")
+    assert errors["negative"][0] == 422 and "values must be >= 0" in errors["negative"][1]
+    assert errors["string"][0] == errors["empty"][0] == 422
+    assert errors["NaN literal"][0] == errors["malformed"][0] == 400
+
+
+@pytest.fixture(scope="module")
+def iris_project(tmp_path_factory, project_python) -> SimpleNamespace:
+    """A fresh bake plus a third task: one new file and one changed config line. It runs on the
+    shared project's environment, with this project's sources first on the path."""
+    project = bake_ok(tmp_path_factory.mktemp("iris"), cuda_version="cpu")
+    (project / "src" / PACKAGE / "tasks" / "iris.py").write_text(IRIS_TASK)
+    config = project / "configs" / "train.yaml"
+    text, count = re.subn(r"^task: digits\b", "task: iris", config.read_text(), flags=re.M)
+    assert count == 1, text
+    config.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    return SimpleNamespace(path=project, python=project_python, env=env)
+
+
+def test_a_task_is_one_file_and_one_config_line(iris_project):
+    project, python, env = iris_project.path, iris_project.python, iris_project.env
+    run_dir = run_dir_of(
+        project, cli(python, project, "train", "--no-progress", "optim.epochs=30", "optim.lr=0.03", env=env)
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "iris" and metrics["test_accuracy"] >= 0.9, metrics
+    evaluation = json.loads(ok(cli(python, project, "evaluate", "--json", env=env)))
+    assert evaluation["task"] == "iris"
+    assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+    ok(run_python(python, project, "-c", SAVE_NPY, "few.npy", json.dumps(IRIS_SAMPLES)))
+    lines = json_lines(ok(cli(python, project, "infer", "--json", "few.npy", env=env)))
+    assert [line["class"] for line in lines] == IRIS_CLASSES
+    listing = ok(cli(python, project, "tasks", env=env))
+    assert (
+        re.search(r"^iris: Iris species", listing, re.M)
+        and "classes  setosa, versicolor, virginica" in listing
+    )
+
+    with serving(python, project, env=env) as url:
+        assert http(url + "/ready")[1]["task"] == "iris"
+        status, answer = post_json(url + "/predict", {"inputs": IRIS_SAMPLES})
+        assert status == 200 and answer["labels"] == IRIS_CLASSES, answer
+        errors = rejections(
+            url,
+            {
+                "wrong length": json.dumps({"inputs": [[5.1, 3.5, 1.4]]}).encode(),
+                "out of range": json.dumps({"inputs": [[5.1, 3.5, 1.4, 11]]}).encode(),
+            },
+        )
+    assert errors["wrong length"] == (422, "inputs must be a list of samples, each a list of 4 numbers")
+    assert errors["out of range"][0] == 422 and "values must be in [0, 10]" in errors["out of range"][1]
+
+
+def test_unknown_and_incomplete_tasks_are_one_line_errors(iris_project):
+    project, python, env = iris_project.path, iris_project.python, iris_project.env
+    line = one_line_error(cli(python, project, "train", "task=nope", env=env), 2)
+    assert "'nope'" in line and "available tasks: breast_cancer, digits, iris" in line, line
+
+    broken = project / "src" / PACKAGE / "tasks" / "broken.py"
+    broken.write_text(BROKEN_TASK)
+    try:
+        line = one_line_error(cli(python, project, "train", "task=broken", env=env), 1)
+    finally:
+        broken.unlink()
+    assert "task 'broken' lacks read_file " in line, line
 
 
 def test_the_projects_full_suite_passes_through_make_test(cpu_project):

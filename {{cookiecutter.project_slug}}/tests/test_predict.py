@@ -1,83 +1,87 @@
 import numpy as np
 import pytest
-from PIL import Image
+import torch
 
+from {{ cookiecutter.package_name }}.checkpoint import load_model, read
 from {{ cookiecutter.package_name }}.errors import UserError
-from {{ cookiecutter.package_name }}.predict import Predictor, image_to_sample, load_inputs, validate_samples
+from {{ cookiecutter.package_name }}.predict import Predictor, read_inputs
 
-from .conftest import write_digit_png
-
-
-@pytest.mark.parametrize("dark_on_light", [True, False], ids=["dark-on-light", "light-on-dark"])
-def test_image_preprocessing_recovers_the_sample(splits, tmp_path, dark_on_light):
-    sample = splits.test.images[0]
-    path = write_digit_png(sample, tmp_path / "digit.png", dark_on_light=dark_on_light)
-    recovered = image_to_sample(Image.open(path))
-    assert recovered.shape == (8, 8)
-    assert recovered.min() >= 0 and recovered.max() <= 16
-    assert np.corrcoef(recovered.ravel(), sample.ravel())[0, 1] > 0.7
+from .conftest import TASKS, bad_arrays, valid_sample
 
 
-def test_transparent_png_is_flattened_onto_white(splits, tmp_path):
-    sample = splits.test.images[1]
-    alpha = (np.kron(sample / 16.0, np.ones((8, 8))) * 255).astype(np.uint8)
-    rgba = np.zeros((*alpha.shape, 4), dtype=np.uint8)
-    rgba[..., 3] = alpha  # black strokes, transparent background
-    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "alpha.png")
-    recovered = image_to_sample(Image.open(tmp_path / "alpha.png"))
-    assert np.corrcoef(recovered.ravel(), sample.ravel())[0, 1] > 0.7
+def test_npy_shapes_follow_the_input_spec(task, tmp_path):
+    spec, one = task.input_spec, valid_sample(task.input_spec)
+    shapes = {spec.shape: 1, (3, *spec.shape): 3, (spec.size,): 1, (2, spec.size): 2}
+    for shape, count in shapes.items():
+        path = tmp_path / "x.npy"
+        np.save(path, np.broadcast_to(one.ravel()[0], shape))
+        named = read_inputs(path, task)
+        assert len(named) == count and all(sample.shape == spec.shape for _, sample in named)
+        single = shape in (spec.shape, (spec.size,))  # one sample keeps the file's name
+        assert [name for name, _ in named] == ([str(path)] if single else [f"{path}[{i}]" for i in range(count)])
 
 
-@pytest.mark.parametrize(
-    ("shape", "count"),
-    [((8, 8), 1), ((3, 8, 8), 3), ((64,), 1), ((2, 64), 2)],
-    ids=["one-8x8", "batch-8x8", "one-flat", "batch-flat"],
-)
-def test_npy_shapes(tmp_path, shape, count):
-    path = tmp_path / "x.npy"
-    np.save(path, np.full(shape, 4.0))
-    named = load_inputs(path)
-    assert len(named) == count
-    assert all(sample.shape == (8, 8) for _, sample in named)
+def test_bad_arrays_are_refused_with_the_reason(task):
+    for array, message in bad_arrays(task.input_spec).values():
+        with pytest.raises(UserError, match=message):
+            task.input_spec.validate(array, "x.npy")
 
 
-@pytest.mark.parametrize(
-    ("array", "message"),
-    [
-        (np.zeros((8, 7)), "shape"),
-        (np.zeros((0, 8, 8)), "no samples"),
-        (np.full((8, 8), np.nan), "NaN"),
-        (np.full((8, 8), 17.0), "training scale"),
-        (np.full((8, 8), -1.0), "training scale"),
-        (np.array([["a"] * 8] * 8), "numbers"),
-    ],
-    ids=["wrong-shape", "empty", "nan", "too-large", "negative", "strings"],
-)
-def test_bad_arrays_are_rejected(array, message):
-    with pytest.raises(UserError, match=message):
-        validate_samples(array, "x.npy")
-
-
-def test_bad_files_are_rejected(tmp_path):
-    (tmp_path / "fake.png").write_text("not an image")
+def test_bad_files_are_refused(task, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    Image.new("L", (20, 20), 255).save(tmp_path / "blank.png")
     with pytest.raises(UserError, match="no such file"):
-        load_inputs(tmp_path / "missing.png")
-    with pytest.raises(UserError, match="not a readable PNG/JPEG"):
-        load_inputs(tmp_path / "fake.png")
-    with pytest.raises(UserError, match="unsupported file type"):
-        load_inputs(tmp_path / "notes.txt")
-    with pytest.raises(UserError, match="no digit found"):
-        load_inputs(tmp_path / "blank.png")
+        read_inputs(tmp_path / "missing.npy", task)
+    with pytest.raises(UserError, match=r"unsupported file type \.txt; use \.npy"):
+        read_inputs(tmp_path / "notes.txt", task)
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY broken")
+    with pytest.raises(UserError, match="not a readable .npy array"):
+        read_inputs(tmp_path / "broken.npy", task)
+    for suffix in task.file_types:
+        (tmp_path / f"broken{suffix}").write_bytes(b"\x00\x01garbage")
+        with pytest.raises(UserError, match=f"broken{suffix}"):
+            read_inputs(tmp_path / f"broken{suffix}", task)
 
 
-def test_predictions_are_probabilities_in_order(trained, splits):
+def test_predictions_are_probabilities_in_order(trained, task, splits):
     predictor = Predictor(trained.model_path, device="cpu")
-    predictions = predictor.predict(splits.test.images[:16])
+    predictions = predictor.predict(splits.test.inputs[:16])
     assert len(predictions) == 16
     for pred in predictions:
         assert abs(sum(pred.probabilities) - 1) < 1e-5
-        assert pred.label == int(np.argmax(pred.probabilities))
-    single = predictor.predict(splits.test.images[5:6])[0]
+        assert pred.label == int(np.argmax(pred.probabilities)) and pred.name == task.class_names[pred.label]
+    single = predictor.predict(splits.test.inputs[5:6])[0]
     assert single.label == predictions[5].label
+
+
+# --- a model that does not fit the configured task, or this version of the project ----------------
+
+
+def test_a_model_of_another_task_is_one_line_naming_both(trained, task_name):
+    other = next(name for name in TASKS if name != task_name)
+    with pytest.raises(UserError, match=f"is a '{task_name}' model but the configured task is '{other}'"):
+        load_model(trained.model_path, other)
+
+
+def test_an_old_checkpoint_without_a_task(trained, tmp_path):
+    payload = read(trained.model_path)
+    old = {"format": 1, "model_state": payload["model_state"], "config": payload["config"], "metrics": {}}
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="records no task: it predates task plug-ins .*'digits'.*make train"):
+        load_model(tmp_path / "old.pt", "digits")
+
+
+def test_a_model_of_a_task_the_project_no_longer_has(trained, tmp_path):
+    payload = {**read(trained.model_path), "task": "retired"}
+    torch.save(payload, tmp_path / "retired.pt")
+    with pytest.raises(UserError, match="a 'retired' model, a task this project no longer has"):
+        load_model(tmp_path / "retired.pt")
+
+
+def test_weights_that_no_longer_fit_the_tasks_model(trained, tmp_path):
+    payload = read(trained.model_path)
+    state = dict(payload["model_state"])
+    name = next(iter(state))
+    state[name] = torch.zeros(3, 3, 3)
+    torch.save({**payload, "model_state": state}, tmp_path / "stale.pt")
+    with pytest.raises(UserError, match=r"does not fit the current .* model \(.*\); retrain it"):
+        load_model(tmp_path / "stale.pt")

@@ -15,14 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.data import load_splits
 from {{ cookiecutter.package_name }}.reproducibility import data_fingerprint, file_sha256, git_state
 
 from .conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
-EPOCHS = "optim.epochs=3"
+# Enough epochs that a run is still going when a test picks its moment from the checkpoints written.
+EPOCHS = {"digits": 3, "breast_cancer": 12}
+
+
+def epochs_for(task_name: str) -> str:
+    return f"optim.epochs={EPOCHS.get(task_name, 12)}"
 
 
 def command(runs_dir, *args):
@@ -38,35 +41,22 @@ def command(runs_dir, *args):
     ]
 
 
+def run_env():
+    return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+
+
 def train(runs_dir, *args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
     result = subprocess.run(
-        command(runs_dir, *args), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+        command(runs_dir, *args), cwd=PROJECT_ROOT, env=run_env(), capture_output=True, text=True, timeout=600
     )
     if check:
         assert result.returncode == 0, result.stderr
     return result
 
 
-def resume(runs_dir, target="auto"):
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "{{ cookiecutter.package_name }}",
-            "train",
-            "--no-progress",
-            "--resume",
-            str(target),
-            f"output.runs_dir={runs_dir}",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def resume(runs_dir, *args, target="auto"):
+    """What people type: the first command again, plus RESUME (the overrides must agree with the run)."""
+    return train(runs_dir, "--resume", str(target), *args, check=False)
 
 
 def final_weights(runs_dir) -> str:
@@ -75,76 +65,74 @@ def final_weights(runs_dir) -> str:
 
 
 def start(runs_dir, *args) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
     return subprocess.Popen(
-        command(runs_dir, *args),
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        command(runs_dir, *args), cwd=PROJECT_ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
-def wait_for_checkpoint(runs_dir, process, timeout=300):
+def wait_for_epoch(runs_dir, process, epoch: int, timeout=300) -> None:
+    """Until a checkpoint of `epoch` completed epochs (or later) exists: the moment comes from the run's
+    own progress, never from the clock, so a fast task cannot slip past it."""
     deadline = time.monotonic() + timeout
-    while not list(Path(runs_dir).glob("*/checkpoints/*.pt")):
+    while max((int(p.name.split("-")[1]) for p in Path(runs_dir).glob("*/checkpoints/*.pt")), default=-1) < epoch:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(task_name, tmp_path_factory):
     """An uninterrupted run: the weights every interrupted-and-resumed run must reproduce."""
-    runs = tmp_path_factory.mktemp("reference")
-    train(runs, EPOCHS, "seed=3")
+    runs = tmp_path_factory.mktemp(f"reference-{task_name}")
+    train(runs, f"task={task_name}", epochs_for(task_name), "seed=3")
     return final_weights(runs)
 
 
-def test_same_seed_same_weights_other_seed_other_weights(tmp_path, reference):
-    train(tmp_path / "again", EPOCHS, "seed=3")
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, task_name, reference):
+    train(tmp_path / "again", f"task={task_name}", epochs_for(task_name), "seed=3")
     assert final_weights(tmp_path / "again") == reference
-    train(tmp_path / "other", EPOCHS, "seed=4")
+    train(tmp_path / "other", f"task={task_name}", epochs_for(task_name), "seed=4")
     assert final_weights(tmp_path / "other") != reference
 
 
-def test_sigkill_at_a_random_point_then_resume_gives_the_same_weights(tmp_path, reference):
-    process = start(tmp_path, EPOCHS, "seed=3")
-    wait_for_checkpoint(tmp_path, process)
-    time.sleep(random.uniform(0, 0.8))  # anywhere in the following epochs
+def test_sigkill_at_a_random_point_then_resume_gives_the_same_weights(tmp_path, task_name, reference):
+    args = (f"task={task_name}", epochs_for(task_name), "seed=3")
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path, process, random.randrange(1, EPOCHS.get(task_name, 12) - 1))
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    result = resume(tmp_path)
+    result = resume(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert final_weights(tmp_path) == reference
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference, signum):
-    process = start(tmp_path, EPOCHS, "seed=3")
-    wait_for_checkpoint(tmp_path, process)
+def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, task_name, reference, signum):
+    args = (f"task={task_name}", epochs_for(task_name), "seed=3")
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path, process, 1)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
     (line,) = stderr.strip().splitlines()
     assert f"training stopped by {signum.name}" in line and "make train RESUME=auto" in line
     assert "Traceback" not in stderr
-    result = resume(tmp_path)
+    refused = resume(tmp_path, *args[:-1], "seed=4")  # an override that contradicts the run
+    assert refused.returncode == 2 and "seed=4 differs from the resumed run's seed=3" in refused.stderr
+    result = resume(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert final_weights(tmp_path) == reference
 
 
-def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
-    process = start(tmp_path, EPOCHS, "seed=3")
-    wait_for_checkpoint(tmp_path, process)
-    while len(list(tmp_path.glob("*/checkpoints/*.pt"))) < 2:
-        time.sleep(0.02)
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, task_name, reference):
+    args = (f"task={task_name}", epochs_for(task_name), "seed=3")
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path, process, 2)
     process.kill()
     process.wait()
     newest = sorted(tmp_path.glob("*/checkpoints/*.pt"))[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # a write cut short
-    explicit = resume(tmp_path, newest)
+    explicit = resume(tmp_path, target=newest)
     assert explicit.returncode == 1 and "not a readable checkpoint" in explicit.stderr
     assert explicit.stderr.strip().count("\n") == 0
     result = resume(tmp_path)
@@ -188,7 +176,7 @@ def test_a_malicious_checkpoint_is_refused_not_run(tmp_path):
         assert not marker.exists(), "the payload ran"
 
 
-def test_manifest_records_the_run(trained):
+def test_manifest_records_the_run(trained, task_name, splits):
     manifest = json.loads((trained.run_dir / "manifest.json").read_text())
     metrics = json.loads((trained.run_dir / "metrics.json").read_text())
     assert manifest["status"] == "complete" and manifest["started"] <= manifest["finished"]
@@ -202,9 +190,8 @@ def test_manifest_records_the_run(trained):
     for name, digest in env["locks"].items():
         assert digest == file_sha256(PROJECT_ROOT / name)
     assert set(env["git"]) == {"commit", "dirty", "diff_sha256"}
-    config = load_config(PROJECT_ROOT / "configs" / "train.yaml")
-    splits = load_splits(config.seed, config.data.val_fraction, config.data.test_fraction)
-    arrays = [a for s in (splits.train, splits.val, splits.test) for a in (s.images, s.labels)]
+    assert manifest["config"]["task"] == task_name
+    arrays = [a for s in (splits.train, splits.val, splits.test) for a in (s.inputs, s.labels)]
     assert manifest["data_sha256"] == data_fingerprint(*arrays)
 
 

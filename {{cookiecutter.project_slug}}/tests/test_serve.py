@@ -1,6 +1,7 @@
 """The inference server, for real: a uvicorn process on a loopback port, driven over HTTP."""
 
 import json
+import re
 import os
 import signal
 import socket
@@ -15,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from {{ cookiecutter.package_name }}.predict import Predictor
+from {{ cookiecutter.package_name }}.predict import Predictor, read_inputs
 
-from .conftest import PROJECT_ROOT, write_digit_png
+from .conftest import PROJECT_ROOT, TASKS, out_of_range, valid_sample, write_native_file
 
 pytestmark = pytest.mark.slow  # starts real servers: run with `make test`, skipped by `-m "not slow"`
 
@@ -104,17 +105,17 @@ def predictor(trained):
     return Predictor(trained.model_path, "cpu")
 
 
-def test_health_ready_docs_and_metrics(server):
+def test_health_ready_docs_and_metrics(server, task_name, task):
     assert call(server.url, "/health")[:2] == (200, {"status": "ok"})
     status, body, _ = call(server.url, "/ready")
-    assert status == 200 and body["status"] == "ready" and body["device"] == "cpu"
+    assert status == 200 and body["status"] == "ready" and body["device"] == "cpu" and body["task"] == task_name
     status, schema, _ = call(server.url, "/openapi.json")
-    assert (
-        status == 200
-        and {"/predict", "/predict/image", "/health", "/ready", "/metrics"} <= schema["paths"].keys()
-    )
+    assert status == 200 and {"/predict", "/predict/file", "/health", "/ready", "/metrics"} <= schema["paths"].keys()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["inputs"]["items"] == task.input_spec.json_schema()  # documented from the spec
+    assert all(name in schema["info"]["description"] for name in task.class_names)
     assert call(server.url, "/docs")[0] == 200
-    call(server.url, "/predict", {"inputs": [[[0.0] * 8] * 8]})
+    call(server.url, "/predict", {"inputs": [valid_sample(task.input_spec).tolist()]})
     status, text, headers = call(server.url, "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert 'http_requests_total{path="/predict",status="200"}' in text
@@ -122,94 +123,79 @@ def test_health_ready_docs_and_metrics(server):
 
 
 def test_predictions_equal_infer(server, predictor, splits):
-    samples = splits.test.images[:10]
+    samples = splits.test.inputs[:10]
     status, body, _ = call(server.url, "/predict", {"inputs": samples.tolist()})
     assert status == 200
     expected = predictor.predict(samples)
-    assert body["predictions"] == [p.label for p in expected]
+    assert body["predictions"] == [p.label for p in expected] and body["labels"] == [p.name for p in expected]
     assert np.allclose(body["probabilities"], [p.probabilities for p in expected], atol=1e-6)
 
 
-def test_image_upload_uses_the_infer_preprocessing(server, predictor, splits, tmp_path):
-    from {{ cookiecutter.package_name }}.predict import load_inputs
-
-    png = write_digit_png(splits.test.images[3], tmp_path / "digit.png", scale=11, dark_on_light=False)
-    boundary = "----digit"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    status, answer, _ = call(server.url, "/predict/image", body, f"multipart/form-data; boundary={boundary}")
-    assert status == 200, answer
-    ((_, sample),) = load_inputs(png)
-    assert answer["predictions"] == [predictor.predict(sample[np.newaxis])[0].label]
+def multipart(path, field="file") -> tuple[bytes, str]:
+    boundary = "----sample"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{path.name}"\r\n\r\n'
+    return head.encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-SAMPLE = [[1.0] * 8] * 8
-MISTAKES = {
-    "malformed-json": (b'{"inputs": [', "application/json", 400, "malformed JSON"),
-    "nan-literal": (b'{"inputs": [[[NaN, 1, 1, 1, 1, 1, 1, 1]]]}', "application/json", 400, "NaN"),
-    "infinite-number": (
-        b'{"inputs": [[' + b",".join([b"[1e999,1,1,1,1,1,1,1]"] * 8) + b"]]}",
-        "application/json",
-        422,
-        "NaN or infinite",
-    ),
-    "not-an-object": (b"[1, 2]", "application/json", 422, "JSON object"),
-    "no-inputs-key": ({"data": [SAMPLE]}, "application/json", 422, "JSON object"),
-    "empty-batch": ({"inputs": []}, "application/json", 422, "inputs is empty"),
-    "wrong-shape": ({"inputs": [[[1.0] * 7] * 8]}, "application/json", 422, "8x8"),
-    "ragged": ({"inputs": [[[1.0] * 8] * 7 + [[1.0] * 3]]}, "application/json", 422, "8x8"),
-    "not-numbers": ({"inputs": [[["x"] * 8] * 8]}, "application/json", 422, "numbers"),
-    "booleans": ({"inputs": [[[True] * 8] * 8]}, "application/json", 422, "numbers"),
-    "out-of-range": ({"inputs": [[[17.0] * 8] * 8]}, "application/json", 422, "[0, 16]"),
-    "negative": ({"inputs": [[[-1.0] * 8] * 8]}, "application/json", 422, "[0, 16]"),
-    "batch-over-limit": ({"inputs": [SAMPLE] * 17}, "application/json", 413, "over the limit of 16"),
-    "body-over-limit": (b'{"inputs": [' + b" " * 30000 + b"]}", "application/json", 413, "over the limit"),
-    "wrong-content-type": ({"inputs": [SAMPLE]}, "text/plain", 415, "not application/json"),
-}
+def test_file_upload_is_read_as_infer_reads_it(server, predictor, task_name, task, splits, tmp_path):
+    native = write_native_file(task_name, splits.test.inputs[3:4] if ".png" in task.file_types else splits.test.inputs[:3], tmp_path)
+    np.save(tmp_path / "batch.npy", splits.test.inputs[:2])
+    for path in (native, tmp_path / "batch.npy"):
+        status, answer, _ = call(server.url, "/predict/file", *multipart(path))
+        assert status == 200, answer
+        samples = np.stack([sample for _, sample in read_inputs(path, task)])
+        assert answer["predictions"] == [p.label for p in predictor.predict(samples)]
 
 
-@pytest.mark.parametrize(("body", "content_type", "status", "text"), MISTAKES.values(), ids=MISTAKES.keys())
-def test_client_mistakes_get_a_one_line_4xx(server, body, content_type, status, text):
-    got, answer, headers = call(server.url, "/predict", body, content_type)
-    assert got == status, answer
-    assert text in answer["detail"] and "\n" not in answer["detail"]
-    assert answer["request_id"] == headers["x-request-id"]
+def client_mistakes(spec) -> dict:
+    """(body, content type, status, fragment of the reason) for each mistake, from the input spec."""
+    sample = valid_sample(spec).tolist()
+    wrong = np.zeros((*spec.shape[:-1], spec.shape[-1] - 1)).tolist()
+    infinite = re.sub(r"\d+(\.\d+)?", "1e999", json.dumps({"inputs": [sample]}), count=1)
+    cases = {
+        "malformed-json": (b'{"inputs": [', "application/json", 400, "malformed JSON"),
+        "nan-literal": (b'{"inputs": [NaN]}', "application/json", 400, "NaN"),
+        "infinite-number": (infinite.encode(), "application/json", 422, "NaN or infinite"),
+        "not-an-object": (b"[1, 2]", "application/json", 422, "JSON object"),
+        "no-inputs-key": ({"data": [sample]}, "application/json", 422, "JSON object"),
+        "empty-batch": ({"inputs": []}, "application/json", 422, "inputs is empty"),
+        "wrong-shape": ({"inputs": [wrong]}, "application/json", 422, spec.sample_text()),
+        "ragged": ({"inputs": [sample, wrong]}, "application/json", 422, spec.sample_text()),
+        "not-numbers": ({"inputs": [np.full(spec.shape, "x").tolist()]}, "application/json", 422, "numbers"),
+        "booleans": ({"inputs": [np.full(spec.shape, True).tolist()]}, "application/json", 422, "numbers"),
+        "batch-over-limit": ({"inputs": [sample] * 17}, "application/json", 413, "over the limit of 16"),
+        "body-over-limit": (b'{"inputs": [' + b" " * 30000 + b"]}", "application/json", 413, "over the limit"),
+        "wrong-content-type": ({"inputs": [sample]}, "text/plain", 415, "not application/json"),
+    }
+    for name, array in out_of_range(spec).items():
+        cases[name] = ({"inputs": [array.tolist()]}, "application/json", 422, spec.range_text())
+    return cases
 
 
-@pytest.mark.parametrize(
-    ("body", "content_type", "text"),
-    [
-        (
-            b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
-            b"not a png\r\n--b--\r\n",
-            "multipart/form-data; boundary=b",
-            "not a readable PNG/JPEG",
-        ),
-        (
-            b'--b\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--b--\r\n',
-            "multipart/form-data; boundary=b",
-            "file",
-        ),
-        ({"inputs": [SAMPLE]}, "application/json", "file"),
-    ],
-    ids=["not-an-image", "no-file-field", "json-instead-of-upload"],
-)
-def test_bad_uploads_get_a_one_line_422(server, body, content_type, text):
-    status, answer, _ = call(server.url, "/predict/image", body, content_type)
-    assert status == 422 and text in answer["detail"]
+def test_client_mistakes_get_a_one_line_4xx(server, task):
+    for name, (body, content_type, status, text) in client_mistakes(task.input_spec).items():
+        got, answer, headers = call(server.url, "/predict", body, content_type)
+        assert got == status, (name, answer)
+        assert text in answer["detail"] and "\n" not in answer["detail"], (name, answer)
+        assert answer["request_id"] == headers["x-request-id"]
 
 
-def test_request_ids_are_echoed_and_logged(trained):
+def test_bad_uploads_get_a_one_line_422(server, task, tmp_path):
+    (tmp_path / "x.npy").write_bytes(b"\x93NUMPY broken")
+    (tmp_path / "notes.txt").write_bytes(b"\x00\x01 not a sample")
+    for path, text in ((tmp_path / "x.npy"), "not a readable .npy"), ((tmp_path / "notes.txt"), "notes.txt"):
+        status, answer, _ = call(server.url, "/predict/file", *multipart(path))
+        assert status == 422 and text in answer["detail"] and "\n" not in answer["detail"], answer
+    status, answer, _ = call(server.url, "/predict/file", *multipart(tmp_path / "x.npy", field="other"))
+    assert status == 422 and "file" in answer["detail"]
+    status, answer, _ = call(server.url, "/predict/file", {"inputs": []}, "application/json")
+    assert status == 422 and "file" in answer["detail"]
+
+
+def test_request_ids_are_echoed_and_logged(trained, task):
     running = Server(trained.model_path)
-    status, _, headers = call(
-        running.url, "/predict", {"inputs": [SAMPLE]}, headers={"x-request-id": "abc123"}
-    )
+    sample = valid_sample(task.input_spec).tolist()
+    status, _, headers = call(running.url, "/predict", {"inputs": [sample]}, headers={"x-request-id": "abc123"})
     assert status == 200 and headers["x-request-id"] == "abc123"
     clean, log = running.stop()
     assert clean
@@ -218,8 +204,8 @@ def test_request_ids_are_echoed_and_logged(trained):
 
 
 def test_concurrent_load_is_batched_and_correctly_ordered(server, predictor, splits):
-    images = splits.test.images
-    requests = [images[(i * 7) % 300 : (i * 7) % 300 + 1 + i % 4] for i in range(320)]
+    inputs, room = splits.test.inputs, len(splits.test.inputs) - 4
+    requests = [inputs[(i * 7) % room : (i * 7) % room + 1 + i % 4] for i in range(320)]
     expected = [[p.label for p in predictor.predict(batch)] for batch in requests]
 
     def send(batch):
@@ -242,7 +228,7 @@ def test_concurrent_load_is_batched_and_correctly_ordered(server, predictor, spl
 def test_several_worker_processes(trained, splits, predictor):
     running = Server(trained.model_path, "workers=2")
     try:
-        samples = splits.test.images[:4]
+        samples = splits.test.inputs[:4]
         for _ in range(6):  # connections land on either process; each answers the same
             status, body, _ = call(running.url, "/predict", {"inputs": samples.tolist()})
             assert status == 200 and body["predictions"] == [p.label for p in predictor.predict(samples)]
@@ -250,12 +236,10 @@ def test_several_worker_processes(trained, splits, predictor):
         assert running.stop()[0]
 
 
-def test_graceful_shutdown_finishes_in_flight_requests(trained):
+def test_graceful_shutdown_finishes_in_flight_requests(trained, task):
     running = Server(trained.model_path, "max_wait_ms=1500")  # a request waits 1.5 s for company
-    answer = {}
-    thread = threading.Thread(
-        target=lambda: answer.update(result=call(running.url, "/predict", {"inputs": [SAMPLE]}))
-    )
+    answer, body = {}, {"inputs": [valid_sample(task.input_spec).tolist()]}
+    thread = threading.Thread(target=lambda: answer.update(result=call(running.url, "/predict", body)))
     thread.start()
     time.sleep(0.5)
     clean, _ = running.stop()  # SIGTERM while the request is queued
@@ -264,12 +248,12 @@ def test_graceful_shutdown_finishes_in_flight_requests(trained):
     assert clean
 
 
-def test_model_failure_is_a_500_with_the_request_id_in_the_log(trained, monkeypatch, caplog):
+def test_model_failure_is_a_500_with_the_request_id_in_the_log(trained, task, monkeypatch, caplog):
     """The forward pass fails as a GPU running out of memory would (a GPU this machine lacks)."""
     import uvicorn
 
     from {{ cookiecutter.package_name }}.config import ServeConfig
-    from {{ cookiecutter.package_name }}.model import DigitCNN
+    from {{ cookiecutter.package_name }}.checkpoint import load_model
     from {{ cookiecutter.package_name }}.serve import create_app
 
     def out_of_memory(self, inputs):
@@ -285,9 +269,9 @@ def test_model_failure_is_a_500_with_the_request_id_in_the_log(trained, monkeypa
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.05)
-        monkeypatch.setattr(DigitCNN, "forward", out_of_memory)
+        monkeypatch.setattr(type(load_model(trained.model_path).model), "forward", out_of_memory)
         with caplog.at_level("ERROR"):
-            status, body, headers = call(f"http://127.0.0.1:{port}", "/predict", {"inputs": [SAMPLE]})
+            status, body, headers = call(f"http://127.0.0.1:{port}", "/predict", {"inputs": [valid_sample(task.input_spec).tolist()]})
         assert status == 500 and body["detail"] == "internal error"
         assert body["request_id"] == headers["x-request-id"]
         assert body["request_id"] in caplog.text and "out of memory" in caplog.text
@@ -317,3 +301,19 @@ def test_serve_without_a_model_is_one_line(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2 and "max_batch_size must be at least 1" in result.stderr
+
+
+def test_serve_refuses_a_model_of_another_task(trained, task_name):
+    other = next(name for name in TASKS if name != task_name)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    command = ["serve", f"model_path={trained.model_path}", f"task={other}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", *command],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert f"is a '{task_name}' model but the configured task is '{other}'" in result.stderr
