@@ -52,7 +52,10 @@ def splits(task):
 @pytest.fixture(scope="session")
 def trained(task_name, tmp_path_factory):
     """A short real training run (2 epochs) of the task in a scratch directory."""
-    return train(task_config(task_name, tmp_path_factory.mktemp(f"trained-{task_name}"), "optim.epochs=2"), progress=False)
+    return train(
+        task_config(task_name, tmp_path_factory.mktemp(f"trained-{task_name}"), "optim.epochs=2"),
+        progress=False,
+    )
 
 
 def valid_sample(spec: InputSpec) -> np.ndarray:

@@ -17,7 +17,12 @@ PACKAGE = "{{ cookiecutter.package_name }}"
 def run(*args, cwd=PROJECT_ROOT, stdin: bytes | None = None):
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
     result = subprocess.run(
-        [sys.executable, "-m", PACKAGE, *map(str, args)], cwd=cwd, env=env, input=stdin, capture_output=True, timeout=300
+        [sys.executable, "-m", PACKAGE, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=300,
     )
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     return result
@@ -111,7 +116,9 @@ def test_infer_reads_standard_input(trained, task_name, splits, tmp_path, kind):
     path = write_native_file(task_name, samples, tmp_path) if kind == "native" else tmp_path / "batch.npy"
     if kind == "npy":
         np.save(path, samples)
-    result = run("infer", "--json", "--device", "cpu", "--model", trained.model_path, "-", stdin=path.read_bytes())
+    result = run(
+        "infer", "--json", "--device", "cpu", "--model", trained.model_path, "-", stdin=path.read_bytes()
+    )
     assert result.returncode == 0, result.stderr
     names = [json.loads(line)["input"] for line in result.stdout.splitlines()]
     assert names == (["<stdin>"] if path.suffix == ".png" else [f"<stdin>[{i}]" for i in range(len(samples))])

@@ -18,7 +18,9 @@ def test_npy_shapes_follow_the_input_spec(task, tmp_path):
         named = read_inputs(path, task)
         assert len(named) == count and all(sample.shape == spec.shape for _, sample in named)
         single = shape in (spec.shape, (spec.size,))  # one sample keeps the file's name
-        assert [name for name, _ in named] == ([str(path)] if single else [f"{path}[{i}]" for i in range(count)])
+        assert [name for name, _ in named] == (
+            [str(path)] if single else [f"{path}[{i}]" for i in range(count)]
+        )
 
 
 def test_bad_arrays_are_refused_with_the_reason(task):
@@ -34,7 +36,7 @@ def test_bad_files_are_refused(task, tmp_path):
     with pytest.raises(UserError, match=r"unsupported file type \.txt; use \.npy"):
         read_inputs(tmp_path / "notes.txt", task)
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY broken")
-    with pytest.raises(UserError, match="not a readable .npy array"):
+    with pytest.raises(UserError, match=r"not a readable \.npy array"):
         read_inputs(tmp_path / "broken.npy", task)
     for suffix in task.file_types:
         (tmp_path / f"broken{suffix}").write_bytes(b"\x00\x01garbage")
@@ -66,7 +68,7 @@ def test_an_old_checkpoint_without_a_task(trained, tmp_path):
     payload = read(trained.model_path)
     old = {"format": 1, "model_state": payload["model_state"], "config": payload["config"], "metrics": {}}
     torch.save(old, tmp_path / "old.pt")
-    with pytest.raises(UserError, match="records no task: it predates task plug-ins .*'digits'.*make train"):
+    with pytest.raises(UserError, match=r"records no task: it predates task plug-ins .*'digits'.*make train"):
         load_model(tmp_path / "old.pt", "digits")
 
 

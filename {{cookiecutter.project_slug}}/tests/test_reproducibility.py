@@ -66,7 +66,12 @@ def final_weights(runs_dir) -> str:
 
 def start(runs_dir, *args) -> subprocess.Popen:
     return subprocess.Popen(
-        command(runs_dir, *args), cwd=PROJECT_ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command(runs_dir, *args),
+        cwd=PROJECT_ROOT,
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -74,7 +79,10 @@ def wait_for_epoch(runs_dir, process, epoch: int, timeout=300) -> None:
     """Until a checkpoint of `epoch` completed epochs (or later) exists: the moment comes from the run's
     own progress, never from the clock, so a fast task cannot slip past it."""
     deadline = time.monotonic() + timeout
-    while max((int(p.name.split("-")[1]) for p in Path(runs_dir).glob("*/checkpoints/*.pt")), default=-1) < epoch:
+    while (
+        max((int(p.name.split("-")[1]) for p in Path(runs_dir).glob("*/checkpoints/*.pt")), default=-1)
+        < epoch
+    ):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
         time.sleep(0.005)
 

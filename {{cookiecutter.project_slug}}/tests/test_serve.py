@@ -1,8 +1,8 @@
 """The inference server, for real: a uvicorn process on a loopback port, driven over HTTP."""
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -108,9 +108,14 @@ def predictor(trained):
 def test_health_ready_docs_and_metrics(server, task_name, task):
     assert call(server.url, "/health")[:2] == (200, {"status": "ok"})
     status, body, _ = call(server.url, "/ready")
-    assert status == 200 and body["status"] == "ready" and body["device"] == "cpu" and body["task"] == task_name
+    assert (
+        status == 200 and body["status"] == "ready" and body["device"] == "cpu" and body["task"] == task_name
+    )
     status, schema, _ = call(server.url, "/openapi.json")
-    assert status == 200 and {"/predict", "/predict/file", "/health", "/ready", "/metrics"} <= schema["paths"].keys()
+    assert (
+        status == 200
+        and {"/predict", "/predict/file", "/health", "/ready", "/metrics"} <= schema["paths"].keys()
+    )
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["inputs"]["items"] == task.input_spec.json_schema()  # documented from the spec
     assert all(name in schema["info"]["description"] for name in task.class_names)
@@ -134,11 +139,16 @@ def test_predictions_equal_infer(server, predictor, splits):
 def multipart(path, field="file") -> tuple[bytes, str]:
     boundary = "----sample"
     head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{path.name}"\r\n\r\n'
-    return head.encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    return (
+        head.encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(),
+        f"multipart/form-data; boundary={boundary}",
+    )
 
 
 def test_file_upload_is_read_as_infer_reads_it(server, predictor, task_name, task, splits, tmp_path):
-    native = write_native_file(task_name, splits.test.inputs[3:4] if ".png" in task.file_types else splits.test.inputs[:3], tmp_path)
+    native = write_native_file(
+        task_name, splits.test.inputs[3:4] if ".png" in task.file_types else splits.test.inputs[:3], tmp_path
+    )
     np.save(tmp_path / "batch.npy", splits.test.inputs[:2])
     for path in (native, tmp_path / "batch.npy"):
         status, answer, _ = call(server.url, "/predict/file", *multipart(path))
@@ -164,7 +174,12 @@ def client_mistakes(spec) -> dict:
         "not-numbers": ({"inputs": [np.full(spec.shape, "x").tolist()]}, "application/json", 422, "numbers"),
         "booleans": ({"inputs": [np.full(spec.shape, True).tolist()]}, "application/json", 422, "numbers"),
         "batch-over-limit": ({"inputs": [sample] * 17}, "application/json", 413, "over the limit of 16"),
-        "body-over-limit": (b'{"inputs": [' + b" " * 30000 + b"]}", "application/json", 413, "over the limit"),
+        "body-over-limit": (
+            b'{"inputs": [' + b" " * 30000 + b"]}",
+            "application/json",
+            413,
+            "over the limit",
+        ),
         "wrong-content-type": ({"inputs": [sample]}, "text/plain", 415, "not application/json"),
     }
     for name, array in out_of_range(spec).items():
@@ -195,7 +210,9 @@ def test_bad_uploads_get_a_one_line_422(server, task, tmp_path):
 def test_request_ids_are_echoed_and_logged(trained, task):
     running = Server(trained.model_path)
     sample = valid_sample(task.input_spec).tolist()
-    status, _, headers = call(running.url, "/predict", {"inputs": [sample]}, headers={"x-request-id": "abc123"})
+    status, _, headers = call(
+        running.url, "/predict", {"inputs": [sample]}, headers={"x-request-id": "abc123"}
+    )
     assert status == 200 and headers["x-request-id"] == "abc123"
     clean, log = running.stop()
     assert clean
@@ -252,8 +269,8 @@ def test_model_failure_is_a_500_with_the_request_id_in_the_log(trained, task, mo
     """The forward pass fails as a GPU running out of memory would (a GPU this machine lacks)."""
     import uvicorn
 
-    from {{ cookiecutter.package_name }}.config import ServeConfig
     from {{ cookiecutter.package_name }}.checkpoint import load_model
+    from {{ cookiecutter.package_name }}.config import ServeConfig
     from {{ cookiecutter.package_name }}.serve import create_app
 
     def out_of_memory(self, inputs):
@@ -271,7 +288,9 @@ def test_model_failure_is_a_500_with_the_request_id_in_the_log(trained, task, mo
             time.sleep(0.05)
         monkeypatch.setattr(type(load_model(trained.model_path).model), "forward", out_of_memory)
         with caplog.at_level("ERROR"):
-            status, body, headers = call(f"http://127.0.0.1:{port}", "/predict", {"inputs": [valid_sample(task.input_spec).tolist()]})
+            status, body, headers = call(
+                f"http://127.0.0.1:{port}", "/predict", {"inputs": [valid_sample(task.input_spec).tolist()]}
+            )
         assert status == 500 and body["detail"] == "internal error"
         assert body["request_id"] == headers["x-request-id"]
         assert body["request_id"] in caplog.text and "out of memory" in caplog.text

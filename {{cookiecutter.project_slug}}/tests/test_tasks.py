@@ -57,7 +57,9 @@ def test_preprocessing_is_fitted_on_the_training_split_alone(task, splits):
     shifted = type(splits.train)(splits.train.inputs * 2, splits.train.labels)
     refit = task.fit_preprocessing(shifted)
     if fitted:  # statistics of the data, so other data gives other statistics
-        assert any(not torch.equal(fitted[k], refit[k]) for k in fitted if isinstance(fitted[k], torch.Tensor))
+        assert any(
+            not torch.equal(fitted[k], refit[k]) for k in fitted if isinstance(fitted[k], torch.Tensor)
+        )
 
 
 def test_native_files_read_back_as_samples(task_name, task, splits, tmp_path):
@@ -70,7 +72,7 @@ def test_native_files_read_back_as_samples(task_name, task, splits, tmp_path):
 
 
 def test_unknown_task_lists_the_available_ones():
-    with pytest.raises(UsageError, match="unknown task 'nope'; available tasks: .*digits"):
+    with pytest.raises(UsageError, match=r"unknown task 'nope'; available tasks: .*digits"):
         get_task("nope")
 
 
@@ -80,7 +82,9 @@ def test_a_task_missing_a_member_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "__path__", [*tasks.__path__, str(tmp_path)])
     with pytest.raises(UserError, match=r"task 'half_done' lacks input_spec, file_types, .*read_file"):
         get_task("half_done")
-    with pytest.raises(UserError, match="task module 'no_task' defines no TASK; available tasks: .*half_done"):
+    with pytest.raises(
+        UserError, match=r"task module 'no_task' defines no TASK; available tasks: .*half_done"
+    ):
         get_task("no_task")
 
 
@@ -109,9 +113,9 @@ def test_transparent_png_is_flattened_onto_white(tmp_path):
 def test_bad_images_are_one_line_errors(tmp_path):
     digits = get_task("digits")
     Image.new("L", (20, 20), 255).save(tmp_path / "blank.png")
-    with pytest.raises(UserError, match="blank.png: no digit found"):
+    with pytest.raises(UserError, match=r"blank\.png: no digit found"):
         digits.read_file((tmp_path / "blank.png").read_bytes(), "blank.png")
-    with pytest.raises(UserError, match="fake.png: not a readable PNG/JPEG"):
+    with pytest.raises(UserError, match=r"fake\.png: not a readable PNG/JPEG"):
         digits.read_file(b"not an image", "fake.png")
 
 
@@ -125,7 +129,9 @@ def test_csv_header_may_reorder_the_columns():
     order = list(reversed(range(len(names))))
     text = ",".join(names[i] for i in order) + "\n" + ",".join(repr(float(sample[i])) for i in order) + "\n"
     assert np.array_equal(task.read_file(text.encode(), "x.csv")[0], sample)
-    assert np.array_equal(task.read_file(",".join(repr(float(v)) for v in sample).encode(), "x.csv")[0], sample)
+    assert np.array_equal(
+        task.read_file(",".join(repr(float(v)) for v in sample).encode(), "x.csv")[0], sample
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,15 @@
-"""Environment chores the Makefile runs before the project's own environment can (stdlib only).
+"""Environment chores for the Makefile.
 
-check-index URL       fail fast, with advice, when the PyTorch index cannot be reached
-uv-sources            pip's configured indexes and find-links as uv options
-set-variant CUDA      rewrite env.yml's CUDA pin (the one place that holds it)
+It imports only the standard library and the project's own variants.py, so any Python 3 runs it,
+before the environment exists; check-lock is the exception in spirit: it is run by the
+environment's interpreter, because it compares that interpreter's installed packages with the locks.
+
+check-index URL           fail fast, with advice, when the PyTorch index cannot be reached
+uv-sources                pip's configured indexes and find-links as uv options
+set-variant CUDA          rewrite env.yml's CUDA pin (the one place that holds it)
+stamp-lock SOURCE LOCK    record the sha256 of a lock's .in file in the lock (`make lock`)
+check-lock                fail, naming the culprit, when an .in changed since its lock or the
+                          environment differs from the locks
 """
 
 from __future__ import annotations

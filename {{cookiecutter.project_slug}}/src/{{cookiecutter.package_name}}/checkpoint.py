@@ -63,7 +63,9 @@ def checkpoint_task(path: str | Path, payload: dict[str, Any], expected: str | N
     name = payload.get("task") if payload.get("format") == FORMAT_VERSION else None
     if name is None:
         wanted = f" (the configured task is {expected!r})" if expected else ""
-        raise UserError(f"{str(path)!r} records no task: it predates task plug-ins{wanted}; retrain it with `make train`")
+        raise UserError(
+            f"{str(path)!r} records no task: it predates task plug-ins{wanted}; retrain it with `make train`"
+        )
     if expected and name != expected:
         raise UserError(f"{str(path)!r} is a {name!r} model but the configured task is {expected!r}")
     if name not in available():

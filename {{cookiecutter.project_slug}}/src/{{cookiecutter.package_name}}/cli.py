@@ -149,7 +149,9 @@ def add_training_commands(commands) -> None:
     train.add_argument("--config", default=TRAIN_CONFIG, help=f"YAML config (default: {TRAIN_CONFIG})")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.add_argument(
-        "--resume", metavar="auto|PATH", help="continue a stopped run: the newest good checkpoint, or this one"
+        "--resume",
+        metavar="auto|PATH",
+        help="continue a stopped run: the newest good checkpoint, or this one",
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(handler=cmd_train)
@@ -238,7 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options too (`train --resume auto seed=3`), which argparse cannot
+    # split into two runs of one positional argument by itself.
+    if extra and (not hasattr(args, "overrides") or any(arg.startswith("-") for arg in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     try:
         return args.handler(args)
     except UserError as err:

@@ -21,9 +21,6 @@ DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 def option(default: Any, help: str) -> Any:
     """A config field with its default and the one-line help that `config` prints beside it."""
-    if isinstance(default, dict) or dataclasses.is_dataclass(default):
-        factory = default if callable(default) else dict
-        return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -64,14 +61,16 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    task: str = option("", "the task module in tasks/ (data, model, inputs, labels); configs/train.yaml names it")
+    task: str = option(
+        "", "the task module in tasks/ (data, model, inputs, labels); configs/train.yaml names it"
+    )
     seed: int = option(42, "seeds every random generator and the data split (make train SEED=7)")
     deterministic: bool = option(True, "bit-identical reruns; false lets cuDNN pick faster kernels")
     device: str = option("auto", "auto (CUDA when usable, else CPU), cpu, cuda or cuda:N")
-    data: DataConfig = option(DataConfig, "")
-    model: dict[str, Any] = option({}, "the task's model options (completed from its defaults)")
-    optim: OptimConfig = option(OptimConfig, "")
-    output: OutputConfig = option(OutputConfig, "")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=dict)  # the task's options, completed from its defaults
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +80,10 @@ class Config:
         data, optim, output = self.data, self.optim, self.output
         require(
             [
-                (bool(self.task), "no task configured: set `task: <name>` in configs/train.yaml (`tasks` lists them)"),
+                (
+                    bool(self.task),
+                    "no task configured: set `task: <name>` in configs/train.yaml (`tasks` lists them)",
+                ),
                 (0 < data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
                 (0 < data.test_fraction < 1, "data.test_fraction must be between 0 and 1"),
                 (

@@ -15,7 +15,11 @@ def evaluate(model_path: str | Path, device_spec: str = "auto", task: str | None
     config = loaded.payload["config"]
     data = config["data"]
     test = loaded.task.load_splits(config["seed"], data["val_fraction"], data["test_fraction"]).test
-    result = score(loaded.model.to(device), make_loader(test, data["batch_size"], shuffle=False, seed=config["seed"]), device)
+    result = score(
+        loaded.model.to(device),
+        make_loader(test, data["batch_size"], shuffle=False, seed=config["seed"]),
+        device,
+    )
     return {
         "model": str(model_path),
         "task": loaded.task_name,

@@ -36,7 +36,9 @@ def decode(data: bytes, name: str, task: Task, suffix: str | None = None) -> np.
     return task.read_file(data, name)
 
 
-def named_samples(data: bytes, name: str, task: Task, suffix: str | None = None) -> list[tuple[str, np.ndarray]]:
+def named_samples(
+    data: bytes, name: str, task: Task, suffix: str | None = None
+) -> list[tuple[str, np.ndarray]]:
     """One file's samples, checked against the input spec: one sample keeps the file's name, a
     batch gives `name[i]`."""
     array = decode(data, name, task, suffix)

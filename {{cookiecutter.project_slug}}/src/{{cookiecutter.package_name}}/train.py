@@ -63,8 +63,7 @@ def train(config: Config, *, progress: bool = True, resume: Resumable | None = N
         while state.epoch < config.optim.epochs:
             totals = fit_epoch(parts, state, report)
             if report.stop_signal is not None:
-                checkpoint = run.save_checkpoint(state.payload(parts, totals), config.output.keep_checkpoints)
-                raise Interrupted(report.stop_signal, checkpoint)
+                raise Interrupted(report.stop_signal, state.save(run, parts, totals))
             end_epoch(parts, state, totals, run)
             report.epoch_done(state.epoch, config.optim.epochs, state.history[-1])
     return finish(parts, state, run, started)
@@ -88,7 +87,9 @@ def setup(config: Config) -> Setup:
     }
     preprocessing = task.fit_preprocessing(splits.train)
     model = build_model(task, config.model, preprocessing).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.optim.epochs)
     return Setup(config, task, splits, loaders, preprocessing, model, optimizer, scheduler, device)
 
@@ -98,7 +99,9 @@ def start(parts: Setup, resume: Resumable | None) -> tuple[RunDir, TrainingState
     config = parts.config
     if resume is None:
         run, state = RunDir.create(config.output.runs_dir), TrainingState()
-        split_arrays = [a for s in (parts.splits.train, parts.splits.val, parts.splits.test) for a in (s.inputs, s.labels)]
+        split_arrays = [
+            a for s in (parts.splits.train, parts.splits.val, parts.splits.test) for a in (s.inputs, s.labels)
+        ]
         manifest = {
             "run_id": run.name,
             "status": "running",
@@ -111,9 +114,11 @@ def start(parts: Setup, resume: Resumable | None) -> tuple[RunDir, TrainingState
             "resumed": [],
         }
     else:
-        run, state = resume.run, TrainingState.resume(parts, resume.payload)
+        run, state = resume.run, TrainingState.restore(parts, resume.payload)
         manifest = run.read_manifest()
-        manifest["resumed"].append({"at": now(), "from": resume.checkpoint.name, "environment": environment(Path.cwd())})
+        manifest["resumed"].append(
+            {"at": now(), "from": resume.checkpoint.name, "environment": environment(Path.cwd())}
+        )
         print(f"resuming {resume.checkpoint} (epoch {state.epoch + 1}, batch {state.batch})", file=sys.stderr)
     run.write_config(config.to_dict())
     run.write_manifest(manifest)
@@ -154,7 +159,7 @@ def end_epoch(parts: Setup, state: TrainingState, totals: Accumulator, run: RunD
         }
     )
     if state.epoch % config.output.checkpoint_every == 0 or state.epoch == config.optim.epochs:
-        run.save_checkpoint(state.payload(parts, Accumulator(parts.device)), config.output.keep_checkpoints)
+        state.save(run, parts, Accumulator(parts.device))
 
 
 def finish(parts: Setup, state: TrainingState, run: RunDir, started: float) -> TrainResult:

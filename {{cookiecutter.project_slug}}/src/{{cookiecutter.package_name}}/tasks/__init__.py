@@ -56,9 +56,10 @@ def describe_task(name: str) -> str:
     task = get_task(name)
     spec = task.input_spec
     options = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(task.Options()).items())
+    summary = (task.__doc__ or "").strip().split("\n")[0]
     return "\n".join(
         [
-            f"{name}: {(task.__doc__ or '').strip().splitlines()[0] if task.__doc__ else ''}",
+            f"{name}: {summary}",
             f"  input    {spec.shape_text()} numbers, {spec.range_text()}: {spec.description}",
             f"  classes  {', '.join(task.class_names)}",
             f"  files    .npy {' '.join(task.file_types)}",

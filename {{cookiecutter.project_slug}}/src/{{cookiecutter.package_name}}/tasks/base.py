@@ -44,7 +44,7 @@ class InputSpec:
         return f"a list of {self.size} numbers"
 
     def range_text(self) -> str:
-        """"in [0, 16]", ">= 0", "<= 1" or "finite"."""
+        """ "in [0, 16]", ">= 0", "<= 1" or "finite"."""
         if self.low is not None and self.high is not None:
             return f"in [{self.low:g}, {self.high:g}]"
         if self.low is not None:
@@ -172,7 +172,9 @@ def read_csv(data: bytes, name: str, spec: InputSpec) -> np.ndarray:
     """CSV rows of numbers, one sample per row. A header row, when present, must name the spec's
     columns (in any order: the columns are put in the spec's order)."""
     try:
-        rows = [row for row in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if any(c.strip() for c in row)]
+        rows = [
+            row for row in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if any(c.strip() for c in row)
+        ]
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{name}: not a readable CSV file ({err.__class__.__name__})") from None
     if rows and spec.names and not _is_number(rows[0][0]):
@@ -180,7 +182,9 @@ def read_csv(data: bytes, name: str, spec: InputSpec) -> np.ndarray:
         unknown = sorted(set(header) - set(spec.names))
         missing = [n for n in spec.names if n not in header]
         if unknown or missing:
-            raise UserError(f"{name}: header does not match the task's columns (missing {missing}, unknown {unknown})")
+            raise UserError(
+                f"{name}: header does not match the task's columns (missing {missing}, unknown {unknown})"
+            )
         order = [header.index(n) for n in spec.names]
         rows = [[row[i] if i < len(row) else "" for i in order] for row in rows]
     if not rows:

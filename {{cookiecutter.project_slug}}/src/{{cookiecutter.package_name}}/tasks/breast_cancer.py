@@ -53,7 +53,10 @@ class BreastCancer:
     """Malignant or benign tumour from 30 measurements of its cell nuclei."""
 
     input_spec = InputSpec(
-        shape=(30,), low=0.0, description="cell-nucleus measurements (sizes, textures, shapes)", names=_feature_names()
+        shape=(30,),
+        low=0.0,
+        description="cell-nucleus measurements (sizes, textures, shapes)",
+        names=_feature_names(),
     )
     class_names = ("malignant", "benign")
     file_types = (".csv",)

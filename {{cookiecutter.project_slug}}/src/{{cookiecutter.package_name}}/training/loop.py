@@ -42,7 +42,9 @@ class Accumulator:
         return Score(self.loss_sum.item() / self.seen, self.correct.item() / self.seen, self.seen)
 
 
-def make_loader(split: Split, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
+def make_loader(
+    split: Split, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0
+) -> DataLoader:
     dataset = TensorDataset(torch.from_numpy(split.inputs), torch.from_numpy(split.labels))
     return DataLoader(
         dataset,

@@ -15,7 +15,12 @@ class Progress:
     def __init__(self, total: int, initial: int, show: bool = True) -> None:
         self.show, self.live = show, show and sys.stderr.isatty()
         self.bar = tqdm(
-            total=total, initial=initial, unit="batch", desc="train", disable=not self.live, dynamic_ncols=True
+            total=total,
+            initial=initial,
+            unit="batch",
+            desc="train",
+            disable=not self.live,
+            dynamic_ncols=True,
         )
         self.signals: list[int] = []
         self.previous: dict = {}
@@ -40,11 +45,10 @@ class Progress:
         return bool(self.signals)
 
     def epoch_done(self, epoch: int, epochs: int, row: dict[str, float]) -> None:
-        status = {name: f"{row[key]:.3f}" for name, key in self.COLUMNS.items()}
+        columns = {"loss": "train_loss", "acc": "train_accuracy", "val_acc": "val_accuracy"}
+        status = {name: f"{row[key]:.3f}" for name, key in columns.items()}
         if self.live:
             self.bar.set_postfix(epoch=epoch, **status)
         elif self.show:
             fields = " ".join(f"{name} {value}" for name, value in status.items())
             print(f"epoch {epoch}/{epochs} {fields}", file=sys.stderr)
-
-    COLUMNS = {"loss": "train_loss", "acc": "train_accuracy", "val_acc": "val_accuracy"}

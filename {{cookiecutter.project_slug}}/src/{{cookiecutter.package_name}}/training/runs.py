@@ -77,7 +77,9 @@ class RunDir:
         write_json(self.path / "metrics.json", metrics)
         plot_history(metrics["history"], self.path / "curves.png")
         summary = {k: v for k, v in metrics.items() if k != "history"}
-        self.write_manifest({**self.read_manifest(), "status": "complete", "finished": now(), "metrics": summary})
+        self.write_manifest(
+            {**self.read_manifest(), "status": "complete", "finished": now(), "metrics": summary}
+        )
         promote(self.path / "checkpoint.pt", model_path)
 
 
@@ -100,7 +102,9 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
 
 def latest_checkpoint(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The newest readable training checkpoint under runs/; damaged ones are skipped with a warning."""
-    candidates = sorted(Path(runs_dir).glob(f"*/{CHECKPOINTS}/*.pt"), key=lambda p: (p.parent.parent.name, p.name))
+    candidates = sorted(
+        Path(runs_dir).glob(f"*/{CHECKPOINTS}/*.pt"), key=lambda p: (p.parent.parent.name, p.name)
+    )
     for path in reversed(candidates):
         try:
             return path, read_training_checkpoint(path)

@@ -4,6 +4,7 @@ model, or a resumable training state) and the only one that reads a training sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from ..reproducibility import rng_state
 from ..tasks import Task
 from ..tasks.base import Splits
 from .loop import Accumulator
+from .runs import RunDir
 
 
 @dataclass
@@ -55,6 +57,10 @@ class TrainingState:
     loader_rng: torch.Tensor | None = None  # the shuffling generator at the start of the current epoch
     rng: dict[str, Any] | None = None  # global random states to restore (set when resumed)
 
+    def save(self, run: RunDir, setup: Setup, totals: Accumulator) -> Path:
+        """A resumable checkpoint in the run's directory; `totals` are the current epoch's sums so far."""
+        return run.save_checkpoint(self.payload(setup, totals), setup.config.output.keep_checkpoints)
+
     def payload(self, setup: Setup, totals: Accumulator) -> dict[str, Any]:
         return model_payload(
             setup,
@@ -70,7 +76,7 @@ class TrainingState:
         )
 
     @classmethod
-    def resume(cls, setup: Setup, payload: dict[str, Any]) -> TrainingState:
+    def restore(cls, setup: Setup, payload: dict[str, Any]) -> TrainingState:
         """Put the checkpoint's weights and optimizer back into `setup`; the state to continue from."""
         setup.model.load_state_dict(payload["model_state"])
         setup.optimizer.load_state_dict(payload["optimizer_state"])
