@@ -175,7 +175,7 @@ def test_build_and_run_the_cpu_image(engine, cpu_project, tmp_path):
 
         build_and_inspect(project, image, settings, uid)
         infer_a_digit_from_the_baked_weights(project, image)
-        infer_tabular_rows_with_a_mounted_model(project, image, uid, gid, stack)
+        infer_tabular_rows_with_a_mounted_model(project, image)
         train_through_compose(project, settings, uid, gid, stack)
         rebuild_after_a_code_change(project, settings, stack)
         serve_through_compose(project, image, uid, gid, stack)
@@ -224,9 +224,7 @@ def infer_a_digit_from_the_baked_weights(project: Path, image: str) -> None:
     assert json.loads(infer.stdout)["label"] == 7
 
 
-def infer_tabular_rows_with_a_mounted_model(
-    project: Path, image: str, uid: str, gid: str, stack: contextlib.ExitStack
-) -> None:
+def infer_tabular_rows_with_a_mounted_model(project: Path, image: str) -> None:
     """The breast-cancer model, trained on the host and mounted read-only: CSV rows (header
     included) on standard input get the host's predictions."""
     model = project / TABULAR_MODEL
@@ -234,10 +232,7 @@ def infer_tabular_rows_with_a_mounted_model(
         args = f"ARGS=task=breast_cancer output.model_path={TABULAR_MODEL} optim.epochs=5 --no-progress"
         result = run_make(project, "train", args)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # The file belongs to whoever trained it, as the image's user does for a user who built it.
-    owner = model.stat()
-    shutil.chown(model, int(uid), int(gid))
-    stack.callback(os.chown, model, owner.st_uid, owner.st_gid)
+    # Owned by whoever trained it (root here, not the image's user): readable all the same.
     rows = project / "data" / "tumours.csv"
     python = str(project / ".venv" / "bin" / "python")
     subprocess.run([python, "-c", TUMOUR_ROWS, str(rows)], check=True)

@@ -156,6 +156,11 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def make_json(project: Path, target: str, *variables: str) -> list[dict]:
+    """`make -s <target>` whose output is JSON lines (`evaluate`, `infer` with ARGS=--json)."""
+    return json_lines(ok(run_make(project, "-s", target, *variables)))
+
+
 def run_dir_of(project: Path, train: subprocess.CompletedProcess) -> Path:
     """The run directory that `train` reported (its `run   <path>` line)."""
     (path,) = re.findall(r"^run +(\S+)$", ok(train), re.M)
@@ -174,7 +179,8 @@ def http(url: str, body: bytes | None = None, content_type: str = "application/j
 
 
 def post_json(url: str, payload: object) -> tuple[int, dict]:
-    return http(url, json.dumps(payload).encode())
+    """POST `payload` as JSON (bytes are sent as they are, to send what JSON cannot encode)."""
+    return http(url, payload if isinstance(payload, bytes) else json.dumps(payload).encode())
 
 
 def post_file(url: str, name: str, data: bytes) -> tuple[int, dict]:
@@ -185,11 +191,11 @@ def post_file(url: str, name: str, data: bytes) -> tuple[int, dict]:
     return http(url, body, f"multipart/form-data; boundary={boundary}")
 
 
-def rejections(url: str, bodies: dict[str, bytes]) -> dict[str, tuple[int, str]]:
+def rejections(url: str, bodies: dict[str, object]) -> dict[str, tuple[int, str]]:
     """POST each body to /predict: every one must get a 4xx with a one-line detail and a request id."""
     answers = {}
     for why, body in bodies.items():
-        status, answer = http(url + "/predict", body)
+        status, answer = post_json(url + "/predict", body)
         assert 400 <= status < 500 and answer.get("request_id"), (why, status, answer)
         assert isinstance(answer["detail"], str) and "\n" not in answer["detail"], (why, answer)
         answers[why] = (status, answer["detail"])
@@ -199,17 +205,18 @@ def rejections(url: str, bodies: dict[str, bytes]) -> dict[str, tuple[int, str]]
 @contextmanager
 def serving(python: Path, project: Path, *overrides: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`serve` on a free loopback port, yielding its URL once /ready answers; SIGTERM at the end."""
-    url = f"http://127.0.0.1:{free_port()}"
-    command = [str(python), "-m", PACKAGE, "serve", "--port", url.rsplit(":", 1)[1], "device=cpu", *overrides]
+    port = free_port()
+    command = [str(python), "-m", PACKAGE, "serve", "--port", str(port), "device=cpu", *overrides]
     with tempfile.TemporaryFile("w+") as log:
         server = subprocess.Popen(
             command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            wait_until_ready(url, server, log)
-            yield url
+            wait_until_ready(f"http://127.0.0.1:{port}", server, log)
+            yield f"http://127.0.0.1:{port}"
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
 
 
@@ -261,7 +268,7 @@ def test_train_evaluate_infer(cpu_project, project_python, tmp_path):
     model = cpu_project / "models" / "model.pt"
     assert model.read_bytes() == (run_dir / "checkpoint.pt").read_bytes()
 
-    evaluation = json.loads(ok(run_make(cpu_project, "-s", "evaluate", "ARGS=--json")))
+    (evaluation,) = make_json(cpu_project, "evaluate", "ARGS=--json")
     assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert evaluation["task"] == "digits"
 
@@ -270,7 +277,7 @@ def test_train_evaluate_infer(cpu_project, project_python, tmp_path):
     ok(run_python(project_python, cpu_project, "-c", RENDER_KNOWN_DIGITS, str(tmp_path)))
     paths = [tmp_path / f"digit{d}.png" for d in range(10)]
     inputs = " ".join(map(str, [*paths, tmp_path / "batch.npy"]))
-    lines = json_lines(ok(run_make(cpu_project, "-s", "infer", f"INPUT={inputs}", "ARGS=--json")))
+    lines = make_json(cpu_project, "infer", f"INPUT={inputs}", "ARGS=--json")
     assert [line["label"] for line in lines[:10]] == list(range(10)), "PNG digits"
     assert [line["label"] for line in lines[10:]] == list(range(10)), ".npy batch"
     assert all(0.5 < line["confidence"] <= 1 for line in lines)
@@ -290,9 +297,7 @@ def tabular(cpu_project, project_python, tmp_path_factory) -> SimpleNamespace:
 
 def infer_tabular(project: Path, *paths: Path) -> list[dict]:
     inputs = " ".join(map(str, paths))
-    return json_lines(
-        ok(run_make(project, "-s", "infer", f"INPUT={inputs}", f"ARGS=--json --model {TABULAR_MODEL}"))
-    )
+    return make_json(project, "infer", f"INPUT={inputs}", f"ARGS=--json --model {TABULAR_MODEL}")
 
 
 def test_tabular_task_trains_evaluates_and_infers(cpu_project, tabular):
@@ -301,9 +306,7 @@ def test_tabular_task_trains_evaluates_and_infers(cpu_project, tabular):
     assert "task: breast_cancer" in (tabular.run_dir / "config.yaml").read_text()
     assert (cpu_project / TABULAR_MODEL).read_bytes() == (tabular.run_dir / "checkpoint.pt").read_bytes()
 
-    evaluation = json.loads(
-        ok(run_make(cpu_project, "-s", "evaluate", f"ARGS=--json --model {TABULAR_MODEL}"))
-    )
+    (evaluation,) = make_json(cpu_project, "evaluate", f"ARGS=--json --model {TABULAR_MODEL}")
     assert evaluation["task"] == "breast_cancer" and evaluation["model"] == TABULAR_MODEL
     assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
@@ -332,11 +335,11 @@ def test_tabular_task_served(cpu_project, project_python, tabular):
         errors = rejections(
             url,
             {
-                "wrong length": json.dumps({"inputs": [first[:29]]}).encode(),
-                "negative": json.dumps({"inputs": [[-1.0, *first[1:]]]}).encode(),
-                "string": json.dumps({"inputs": [["x", *first[1:]]]}).encode(),
-                "empty": json.dumps({"inputs": []}).encode(),
-                "NaN literal": json.dumps({"inputs": [[float("nan"), *first[1:]]]}).encode(),
+                "wrong length": {"inputs": [first[:29]]},
+                "negative": {"inputs": [[-1.0, *first[1:]]]},
+                "string": {"inputs": [["x", *first[1:]]]},
+                "empty": {"inputs": []},
+                "NaN literal": {"inputs": [[float("nan"), *first[1:]]]},
                 "malformed": b'{"inputs": [[1, 2',
             },
         )
@@ -387,8 +390,8 @@ def test_a_task_is_one_file_and_one_config_line(iris_project):
         errors = rejections(
             url,
             {
-                "wrong length": json.dumps({"inputs": [[5.1, 3.5, 1.4]]}).encode(),
-                "out of range": json.dumps({"inputs": [[5.1, 3.5, 1.4, 11]]}).encode(),
+                "wrong length": {"inputs": [[5.1, 3.5, 1.4]]},
+                "out of range": {"inputs": [[5.1, 3.5, 1.4, 11]]},
             },
         )
     assert errors["wrong length"] == (422, "inputs must be a list of samples, each a list of 4 numbers")

@@ -16,6 +16,8 @@ from .errors import UserError
 from .tasks import Task, available, build_model, get_task
 
 FORMAT_VERSION = 2  # 2: checkpoints record their task and its fitted preprocessing
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # reading the umask means setting it; put it straight back
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -23,6 +25,7 @@ def atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # open()'s mode: mkstemp's 0600 hides models from containers
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -84,8 +84,8 @@ class InputSpec:
             raise UserError(expected)
         try:
             array = np.array(inputs, dtype=np.float64)
-        except (ValueError, TypeError):  # ragged nesting, strings, nulls
-            raise UserError(expected) from None
+        except (ValueError, TypeError) as err:  # ragged nesting, strings, nulls
+            raise UserError(expected) from err
         if array.shape[1:] != self.shape:
             raise UserError(expected)
         return self.validate(array, source)

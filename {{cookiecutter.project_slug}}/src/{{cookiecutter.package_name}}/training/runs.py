@@ -49,9 +49,10 @@ class RunDir:
 
     def read_manifest(self) -> dict[str, Any]:
         """The manifest, or {} for a run without a readable one (stopped before it was written)."""
+        path = self.path / "manifest.json"
         try:
-            return json.loads((self.path / "manifest.json").read_text())
-        except (OSError, ValueError):
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
             return {}
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -94,6 +95,8 @@ def promote(checkpoint: Path, model_path: Path) -> None:
 
 
 def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"no training checkpoint at {str(path)!r}; RESUME=auto finds the newest one")
     payload = read(path)
     if payload.get("kind") != "training":
         raise UserError(f"{str(path)!r} is a finished model, not a training checkpoint to resume")
