@@ -414,7 +414,7 @@ def test_unknown_and_incomplete_tasks_are_one_line_errors(iris_project):
 
 def test_the_projects_full_suite_passes_through_make_test(cpu_project):
     """`make test` in the baked project: its whole suite, the real-server tests included."""
-    result = run_make(cpu_project, "test", "ARGS=-q -p no:cacheprovider")
+    result = run_make(cpu_project, "test", "ARGS=-q -p no:cacheprovider", timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout) and "deselected" not in result.stdout
 
