@@ -300,39 +300,22 @@ def test_model_failure_is_a_500_with_the_request_id_in_the_log(trained, task, mo
         thread.join(timeout=30)
 
 
-def test_serve_without_a_model_is_one_line(tmp_path):
+def serve_command(*args: str) -> subprocess.CompletedProcess:
+    """`serve` that must stop before it listens: a usage or model problem."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
-    result = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", f"model_path={tmp_path}/none.pt"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", *args]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_serve_without_a_model_is_one_line(tmp_path):
+    result = serve_command(f"model_path={tmp_path}/none.pt")
     assert result.returncode == 1 and "no model at" in result.stderr and "make train" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "max_batch_size=0"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_command("max_batch_size=0")
     assert result.returncode == 2 and "max_batch_size must be at least 1" in result.stderr
 
 
 def test_serve_refuses_a_model_of_another_task(trained, task_name):
     other = next(name for name in TASKS if name != task_name)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
-    command = ["serve", f"model_path={trained.model_path}", f"task={other}"]
-    result = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", *command],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_command(f"model_path={trained.model_path}", f"task={other}")
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
     assert f"is a '{task_name}' model but the configured task is '{other}'" in result.stderr

@@ -75,12 +75,7 @@ class Predictor:
 
     def __init__(self, model_path: str | Path, device: str = "auto", task: str | None = None) -> None:
         loaded = load_model(model_path, task)  # a bad file first, then the device
-        self.task_name, self.task, self.model, self.checkpoint = (
-            loaded.task_name,
-            loaded.task,
-            loaded.model,
-            loaded.payload,
-        )
+        self.task_name, self.task, self.model = loaded.task_name, loaded.task, loaded.model
         self.device = resolve_device(device)
         self.model.to(self.device)
 
