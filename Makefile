@@ -17,8 +17,10 @@ PYTEST_ARGS ?=
 
 # The container tests need an engine, compose and debootstrap (Debian packages).
 CONTAINER_PACKAGES := docker.io docker-compose debootstrap
+# The SLURM tests run a one-node cluster (slurmctld, slurmd, munged) and shellcheck the sbatch script.
+SLURM_PACKAGES := slurm-wlm munge shellcheck
 
-.PHONY: help demo test test-fast lint lock bench clean container-tools bench-tools
+.PHONY: help demo test test-fast lint lock bench clean container-tools bench-tools slurm-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,7 +57,10 @@ container-tools:
 bench-tools:
 	$(call ensure-packages,wrk,wrk,the serving benchmark)
 
-test: $(SYNCED) container-tools ## Run the whole test suite (bakes, real envs, training, Docker builds)
+slurm-tools:
+	$(call ensure-packages,slurmctld slurmd munged shellcheck,$(SLURM_PACKAGES),the SLURM tests)
+
+test: $(SYNCED) container-tools slurm-tools ## Run the whole test suite (bakes, real envs, training, Docker builds)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(SYNCED) ## Run the quick subset (no slow end-to-end tests)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .slurm import slurm_cluster  # noqa: F401  (one cluster for the whole session)
+
 TEMPLATE = Path(__file__).resolve().parent.parent
 COOKIECUTTER_JSON = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 CHOICES: dict[str, list[str]] = COOKIECUTTER_JSON["_choices"]

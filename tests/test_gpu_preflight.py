@@ -25,6 +25,7 @@ RTX5090 = {"name": "NVIDIA GeForce RTX 5090", "cc": (12, 0), "memory_mib": 32607
 B300 = {"name": "NVIDIA B300", "cc": (10, 3), "memory_mib": 275040}
 GB10 = {"name": "NVIDIA GB10", "cc": (12, 1), "memory_mib": 122572, "mig": None}
 ORIN = {"name": "Orin", "cc": (8, 7), "memory_mib": 30697, "mig": None}
+H100_B = {**H100, "uuid": "GPU-9a1b2c3d-0000-0000-0000-000000000001"}
 MIG_A100 = {**A100, "mig": (1, 1), "mig_devices": ["MIG-5f1c0000-0000-0000-0000-000000000001"]}
 NEW_DRIVER = {"driver": "580.65.06", "cuda": 13000}
 DRIVER_535 = {"driver": "535.104.05", "cuda": 12020}
@@ -252,11 +253,80 @@ SCENARIOS = {
     ),
 }
 
+# id: (build, scenario or None, CUDA_VISIBLE_DEVICES or None, NPROC, (processes status, message text))
+PROCESS_SCENARIOS = {
+    "two-h100-three-processes": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [H100, H100_B]},
+        None,
+        3,
+        ("fail", "NPROC=3 but 2 GPUs are visible: one process per GPU; use NPROC=2 or fewer, or device=cpu"),
+    ),
+    "visible-devices-hide-one": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [H100, H100_B]},
+        "0",
+        2,
+        ("fail", "NPROC=2 but 1 GPU is visible (CUDA_VISIBLE_DEVICES=0): one process per GPU; use NPROC=1"),
+    ),
+    "four-gpus-two-processes": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [A100] * 4},
+        None,
+        2,
+        ("pass", "2 processes on 2 of 4 visible GPUs (NCCL); peer-to-peer access is not required"),
+    ),
+    "mixed-models": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [H100, A100]},
+        None,
+        2,
+        ("warn", "mixed models (NVIDIA A100-SXM4-40GB, NVIDIA H100 80GB HBM3): the slowest GPU"),
+    ),
+    "mig-one-device-per-process": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [MIG_A100]},
+        "MIG-5f1c0000-0000-0000-0000-000000000001",
+        2,
+        ("fail", "MIG-5f1c0000-0000-0000-0000-000000000001); CUDA shows a process one MIG device"),
+    ),
+    "no-driver-gloo": (
+        "13.0",
+        None,
+        None,
+        2,
+        ("pass", "no GPU found: 2 processes will use gloo on the CPU"),
+    ),
+    "hidden-gpus-gloo": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [H100]},
+        "",
+        2,
+        ("pass", "no GPU visible (CUDA_VISIBLE_DEVICES=''): 2 processes will use gloo on the CPU"),
+    ),
+    "cpu-build-gloo": (
+        "cpu",
+        {**NEW_DRIVER, "gpus": [H100, H100_B]},
+        None,
+        4,
+        ("pass", "CPU build: 4 processes will use gloo on the CPU"),
+    ),
+}
+
 RUN_CHECKS = """
 import json, sys
 from {package}.gpu.checks import run_checks
 from {package}.gpu.report import to_json
 print(json.dumps(to_json(run_checks(sys.argv[1], include_torch=False))))
+"""
+
+RUN_PROCESSES = """
+import json, sys
+from {package}.gpu.checks import process_problem, run_checks
+from {package}.gpu.report import to_json
+build, nproc = sys.argv[1], int(sys.argv[2])
+report = to_json(run_checks(build, include_torch=False, nproc=nproc))
+print(json.dumps({{"report": report, "problem": process_problem(build, nproc)}}))
 """
 
 
@@ -279,22 +349,22 @@ def machine_env(tmp_path, nvml_stub, scenario, visible) -> dict[str, str]:
     return env
 
 
+def run_script(project, python, env, script, *args):
+    """A script of the baked package's code in the project's interpreter; its JSON output."""
+    code = script.format(package="digit_classifier")
+    out = subprocess.run(
+        [str(python), "-c", code, *args], cwd=project, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out)
+
+
 @pytest.mark.parametrize(
     ("build", "scenario", "visible", "expected"), SCENARIOS.values(), ids=SCENARIOS.keys()
 )
 def test_scenario(gpu_project, project_python, nvml_stub, tmp_path, build, scenario, visible, expected):
     status, statuses, messages, recommendation = expected
     env = machine_env(tmp_path, nvml_stub, scenario, visible)
-    code = RUN_CHECKS.format(package="digit_classifier")
-    out = subprocess.run(
-        [str(project_python), "-c", code, build],
-        cwd=gpu_project,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    report = json.loads(out)
+    report = run_script(gpu_project, project_python, env, RUN_CHECKS, build)
     checks = {c["id"]: c for c in report["checks"]}
     assert report["status"] == status, checks
     for check_id, check_status in statuses.items():
@@ -312,6 +382,24 @@ def test_scenario(gpu_project, project_python, nvml_stub, tmp_path, build, scena
         assert first["compute_capability"] == "{}.{}".format(*scenario["gpus"][0]["cc"])
 
 
+@pytest.mark.parametrize(
+    ("build", "scenario", "visible", "nproc", "expected"),
+    PROCESS_SCENARIOS.values(),
+    ids=PROCESS_SCENARIOS.keys(),
+)
+def test_process_count(
+    gpu_project, project_python, nvml_stub, tmp_path, build, scenario, visible, nproc, expected
+):
+    """NPROC against the GPUs this process sees: the report's check and the launcher's answer agree."""
+    status, text = expected
+    env = machine_env(tmp_path, nvml_stub, scenario, visible)
+    result = run_script(gpu_project, project_python, env, RUN_PROCESSES, build, str(nproc))
+    (check,) = [c for c in result["report"]["checks"] if c["id"] == "processes"]
+    assert check["status"] == status, check
+    assert text in check["message"] and "\n" not in check["message"]
+    assert result["problem"] == (check["message"] if status == "fail" else None)
+
+
 def gpu_check(project, python, env, *args):
     return subprocess.run(
         [str(python), "-m", "digit_classifier", "gpu-check", *args],
@@ -321,6 +409,12 @@ def gpu_check(project, python, env, *args):
         text=True,
         timeout=120,
     )
+
+
+def stdlib_gpu_check(project, python, env, *args):
+    """`python -m <pkg>.gpu`: the same checker without importing torch (what the launcher runs)."""
+    command = [str(python), "-m", "digit_classifier.gpu", *args]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_json_contract_and_exit_codes(gpu_project, project_python, nvml_stub, tmp_path):
@@ -348,6 +442,25 @@ def test_cli_json_contract_and_exit_codes(gpu_project, project_python, nvml_stub
     assert gpu_check(gpu_project, project_python, warn_env, "--cuda", "cpu").returncode == 0
     result = gpu_check(gpu_project, project_python, env, "--cuda", "11.8")
     assert result.returncode == 2 and "invalid choice: '11.8'" in result.stderr
+
+
+def test_cli_nproc(gpu_project, project_python, nvml_stub, tmp_path):
+    """`gpu-check --nproc N` and the stdlib-only `python -m <pkg>.gpu --nproc N` add the check."""
+    env = machine_env(tmp_path, nvml_stub, {**NEW_DRIVER, "gpus": [H100, H100_B]}, None)
+    report = json.loads(gpu_check(gpu_project, project_python, env, "--json", "--nproc", "2").stdout)
+    assert [c["id"] for c in report["checks"]][6:8] == ["visible_devices", "processes"]
+    assert report["checks"][7] == {
+        "id": "processes",
+        "status": "pass",
+        "message": "2 processes on 2 of 2 visible GPUs (NCCL); peer-to-peer access is not required",
+    }
+    result = stdlib_gpu_check(gpu_project, project_python, env, "--cuda", "13.0", "--nproc", "3")
+    (line,) = [line for line in result.stdout.splitlines() if " processes " in line]
+    assert result.returncode == 1 and line.split()[:4] == ["FAIL", "processes", "NPROC=3", "but"]
+    result = gpu_check(gpu_project, project_python, env, "--nproc", "0")
+    assert result.returncode == 2 and "argument --nproc: 0 is not 1 or more" in result.stderr
+    result = stdlib_gpu_check(gpu_project, project_python, env, "--nproc", "two")
+    assert result.returncode == 2 and "argument --nproc: 'two' is not a whole number" in result.stderr
 
 
 def test_small_shm_warns_and_strict_fails(gpu_project, project_python, tmp_path):

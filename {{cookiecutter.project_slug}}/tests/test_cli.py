@@ -47,8 +47,24 @@ def test_help(command):
         (["train", "optim.lrr=1"], "unknown config key"),
         (["train", "device=gpu0"], "device 'gpu0'"),
         (["train", "task=nope"], "unknown task 'nope'; available tasks: " + ", ".join(TASKS)),
+        (["train", "precision=fp8"], "precision 'fp8' is not one of fp32, bf16, fp16"),
+        (["train", "--nproc", "0"], "'0' is not a positive whole number"),
+        (["train", "--nproc", "3"], "data.batch_size=64 does not split evenly among 3 processes"),
+        (["train", "--nproc", "2", "device=cuda:1"], "device=cuda:1 names one GPU"),
+        (["train", "--nproc", "2", "--nnodes", "2"], "needs RDZV_ENDPOINT=host:port"),
     ],
-    ids=["unknown-command", "infer-without-paths", "unknown-override", "bad-device", "unknown-task"],
+    ids=[
+        "unknown-command",
+        "infer-without-paths",
+        "unknown-override",
+        "bad-device",
+        "unknown-task",
+        "bad-precision",
+        "no-processes",
+        "uneven-batch",
+        "one-gpu-many-processes",
+        "nodes-without-rendezvous",
+    ],
 )
 def test_usage_errors_exit_2(args, message):
     result = run(*args)

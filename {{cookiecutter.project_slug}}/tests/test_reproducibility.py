@@ -17,7 +17,7 @@ import torch
 
 from {{ cookiecutter.package_name }}.reproducibility import data_fingerprint, file_sha256, git_state
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, TASKS
 
 pytestmark = pytest.mark.slow
 # Enough epochs that a run is still going when a test picks its moment from the checkpoints written.
@@ -130,6 +130,19 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, task_name, refere
     result = resume(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert final_weights(tmp_path) == reference
+
+
+def test_a_stopped_run_resumes_with_another_precision(tmp_path):
+    """Resuming on a GPU without bf16, say: precision may change (the weights then differ)."""
+    args = (f"task={TASKS[0]}", epochs_for(TASKS[0]), "seed=3")
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path, process, 1)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    result = resume(tmp_path, *args, "precision=bf16")
+    assert result.returncode == 0, result.stderr
+    (metrics,) = tmp_path.glob("*/metrics.json")
+    assert json.loads(metrics.read_text())["precision"] == "bf16"
 
 
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, task_name, reference):

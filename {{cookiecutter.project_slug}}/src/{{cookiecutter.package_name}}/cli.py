@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,16 +23,20 @@ PROG = "{{ cookiecutter.package_name }}"
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)  # before importing torch: mistakes answer at once
-    from .train import resumed_config, train
-    from .training.runs import find_resumable
+    if args.nproc or args.nnodes > 1:
+        from .launch import launch
 
-    resume = find_resumable(config.output.runs_dir, args.resume) if args.resume else None
-    if resume is not None:
-        config = resumed_config(config, args.overrides, resume.payload["config"])
-    result = train(config, progress=not args.no_progress, resume=resume)
+        args.nproc = args.nproc or 1
+        return launch(config, args)
+    from .train import run_training
+
+    result = run_training(config, args.overrides, args.resume, progress=not args.no_progress)
+    if result is None:  # another rank reports, or the run was already complete
+        return 0
     metrics = result.metrics
     print(
-        f"test accuracy {metrics['test_accuracy']:.4f} ({config.task}) on {metrics['device']} "
+        f"test accuracy {metrics['test_accuracy']:.4f} ({config.task}) on {metrics['device']}"
+        f"{f' x {n} processes' if (n := metrics['processes']) > 1 else ''} "
         f"in {metrics['seconds']:.1f}s\nrun   {result.run_dir}\nmodel {result.model_path}"
     )
     return 0
@@ -139,6 +144,26 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="JSON output")
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    launch = parser.add_argument_group(
+        "processes (torchrun)", "--nproc N starts N processes with torchrun: DDP, NCCL on GPUs, gloo on CPUs"
+    )
+    launch.add_argument("--nproc", type=positive, help="processes on this node (one per GPU)")
+    launch.add_argument("--nnodes", type=positive, default=1, help="machines taking part (default 1)")
+    launch.add_argument("--node-rank", type=int, help="0 on the machine that hosts the rendezvous")
+    launch.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="the rendezvous, on the first node")
+    launch.add_argument("--rdzv-id", metavar="NAME", help="the job's name, the same on every node")
+    launch.add_argument(
+        "--max-restarts", type=int, default=0, help="restart the processes this often after a failure"
+    )
+
+
 def add_training_commands(commands) -> None:
     train = commands.add_parser(
         "train",
@@ -153,6 +178,7 @@ def add_training_commands(commands) -> None:
         metavar="auto|PATH",
         help="continue a stopped run: the newest good checkpoint, or this one",
     )
+    add_launch_arguments(train)
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(handler=cmd_train)
 
@@ -250,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        if not err.shared or os.environ.get("RANK", "0") == "0":
+            print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from .errors import UsageError, UserError
 MODEL_PATH = "models/model.pt"  # the promoted model: train writes it; evaluate, infer and serve read it
 TRAIN_CONFIG = "configs/train.yaml"
 SERVE_CONFIG = "configs/serve.yaml"
+PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -40,7 +41,7 @@ def check_device_spec(spec: str) -> str:
 class DataConfig:
     val_fraction: float = option(0.15, "of all samples; the split is stratified and fixed by seed")
     test_fraction: float = option(0.2, "of all samples")
-    batch_size: int = option(64, "samples per training step")
+    batch_size: int = option(64, "samples per training step, split evenly among the processes (NPROC)")
     num_workers: int = option(0, "DataLoader processes; in-memory data sets only pay their start-up")
 
 
@@ -67,6 +68,8 @@ class Config:
     seed: int = option(42, "seeds every random generator and the data split (make train SEED=7)")
     deterministic: bool = option(True, "bit-identical reruns; false lets cuDNN pick faster kernels")
     device: str = option("auto", "auto (CUDA when usable, else CPU), cpu, cuda or cuda:N")
+    precision: str = option("fp32", "fp32, bf16 or fp16 autocast (fp16 scales the loss); weights stay fp32")
+    compile: bool = option(False, "torch.compile the model: faster steps after a compile at start")
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=dict)  # the task's options, completed from its defaults
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -75,15 +78,29 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check_processes(self, processes: int) -> None:
+        """Each of the training processes takes an equal share of every batch."""
+        size = self.data.batch_size
+        require(
+            [
+                (
+                    size % processes == 0,
+                    f"data.batch_size={size} does not split evenly among {processes} processes",
+                )
+            ]
+        )
+
     def validate(self) -> None:
         check_device_spec(self.device)
         data, optim, output = self.data, self.optim, self.output
+        choices = ", ".join(PRECISIONS)
         require(
             [
                 (
                     bool(self.task),
                     "no task configured: set `task: <name>` in configs/train.yaml (`tasks` lists them)",
                 ),
+                (self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {choices}"),
                 (0 < data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
                 (0 < data.test_fraction < 1, "data.test_fraction must be between 0 and 1"),
                 (

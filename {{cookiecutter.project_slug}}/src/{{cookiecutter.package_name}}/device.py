@@ -41,7 +41,8 @@ def gpu_expected() -> bool:
     return torch.version.cuda is not None or (project_cuda() or "cpu") != "cpu"
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, quiet: bool = False) -> torch.device:
+    """`quiet` drops the CPU-fallback warning (processes other than the first on a node)."""
     check_device_spec(spec)
     if spec == "cpu":
         return torch.device("cpu")
@@ -49,7 +50,7 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         if problem is None:
             return torch.device("cuda")
-        if gpu_expected():
+        if gpu_expected() and not quiet:
             print(f"warning: CUDA is not usable, running on the CPU: {problem}", file=sys.stderr)
         return torch.device("cpu")
     if problem:

@@ -5,6 +5,7 @@ class UserError(Exception):
     """A problem the user can fix (missing file, bad input); exit code 1."""
 
     exit_code = 1
+    shared = False  # True: every training process raises the same one, and rank 0 alone reports it
 
 
 class UsageError(UserError):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .checkpoint import load_model
 from .device import resolve_device
-from .training.loop import make_loader, score
+from .training.loop import Precision, make_loader, score
 
 
 def evaluate(model_path: str | Path, device_spec: str = "auto", task: str | None = None) -> dict:
@@ -19,6 +19,7 @@ def evaluate(model_path: str | Path, device_spec: str = "auto", task: str | None
         loaded.model.to(device),
         make_loader(test, data["batch_size"], shuffle=False, seed=config["seed"]),
         device,
+        Precision("fp32", device),  # whatever precision trained it: fp32 is the reference
     )
     return {
         "model": str(model_path),

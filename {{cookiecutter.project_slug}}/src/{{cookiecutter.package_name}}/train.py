@@ -1,23 +1,27 @@
 """Training a task, as the steps of a run: set up, start (or resume), train epoch by epoch, finish.
 
-Seeded and deterministic; resumable at any batch. Checkpoints are written atomically every
-`output.checkpoint_every` epochs and whenever SIGINT or SIGTERM stops the run; a resumed run
-restores the weights, optimizer, scheduler, every random state and the position in the epoch, so
-it ends with the same weights, bit for bit, as one that never stopped (on the CPU).
+Seeded and deterministic; resumable at any batch; one process or many under torchrun (each rank
+trains on its share of every batch, DDP averages the gradients, rank 0 alone writes the run).
+Checkpoints are written atomically every `output.checkpoint_every` epochs and whenever SIGINT or
+SIGTERM stops the run; a resumed run restores the weights, optimizer, scheduler, every rank's
+random states and the position in the epoch, so it ends with the same weights, bit for bit, as one
+that never stopped (on the CPU, with the same number of processes).
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from .config import Config, config_from_dict, parse_override
-from .device import resolve_device
+from .config import Config, config_from_dict, merge, parse_override
 from .errors import UsageError, UserError
 from .reproducibility import (
     data_fingerprint,
@@ -28,9 +32,19 @@ from .reproducibility import (
     weights_sha256,
 )
 from .tasks import build_model, get_task
-from .training.loop import Accumulator, make_loader, score, train_batches
+from .training import distributed
+from .training.distributed import Peers, any_rank, from_main
+from .training.loop import Accumulator, Precision, make_loader, score, train_batches
 from .training.progress import Progress
-from .training.runs import Resumable, RunDir, now
+from .training.runs import (
+    Resumable,
+    RunDir,
+    continue_launch,
+    find_resumable,
+    now,
+    read_training_checkpoint,
+    run_of_launch,
+)
 from .training.state import Setup, TrainingState, model_payload
 
 
@@ -44,35 +58,46 @@ class TrainResult:
 class Interrupted(UserError):
     """SIGINT/SIGTERM stopped training after a checkpoint was saved."""
 
-    def __init__(self, signum: int, checkpoint: Path) -> None:
-        name = signal.Signals(signum).name
+    shared = True
+
+    def __init__(self, signum: int, checkpoint: Path, world_size: int) -> None:
+        name, nproc = signal.Signals(signum).name, f" NPROC={world_size}" if world_size > 1 else ""
         super().__init__(
-            f"training stopped by {name}; checkpoint {checkpoint}; resume with `make train RESUME=auto`"
+            f"training stopped by {name}; checkpoint {checkpoint}; "
+            f"resume with `make train RESUME=auto{nproc}`"
         )
         self.exit_code = 128 + signum
 
 
-def train(config: Config, *, progress: bool = True, resume: Resumable | None = None) -> TrainResult:
-    """Train from scratch, or continue the run a `resume` checkpoint belongs to."""
-    started = time.perf_counter()
-    parts = setup(config)
+def train(
+    config: Config, peers: Peers | None = None, *, progress: bool = True, resume: Resumable | None = None
+) -> TrainResult:
+    """Train from scratch, or continue the run `resume` belongs to. Every rank of a group calls it."""
+    started, train_seconds = time.perf_counter(), 0.0
+    parts = setup(config, peers or Peers.alone(config.device))
     run, state = start(parts, resume)
     per_epoch = len(parts.loaders["train"])
     initial = state.epoch * per_epoch + state.batch
-    with Progress(config.optim.epochs * per_epoch, initial, show=progress) as report:
+    agree = (
+        partial(any_rank, device=parts.device) if distributed.active() else None
+    )  # same batch on all ranks
+    with Progress(config.optim.epochs * per_epoch, initial, progress and parts.peers.main, agree) as report:
         while state.epoch < config.optim.epochs:
+            tick = time.perf_counter()
             totals = fit_epoch(parts, state, report)
-            if report.stop_signal is not None:
-                raise Interrupted(report.stop_signal, state.save(run, parts, totals))
+            train_seconds += time.perf_counter() - tick
+            if report.stopping:
+                raise Interrupted(report.stop_signal, state.save(run, parts, totals), parts.peers.world_size)
             end_epoch(parts, state, totals, run)
             report.epoch_done(state.epoch, config.optim.epochs, state.history[-1])
-    return finish(parts, state, run, started)
+    return finish(parts, state, run, started, train_seconds)
 
 
-def setup(config: Config) -> Setup:
-    """The task's data and model, the optimizer and the schedule, on the chosen device."""
-    device = resolve_device(config.device)
-    seed_everything(config.seed, config.deterministic)
+def setup(config: Config, peers: Peers) -> Setup:
+    """The task's data and model, the optimizer and the schedule, on this rank's device."""
+    config.check_processes(peers.world_size)
+    device, precision = peers.device, Precision(config.precision, peers.device)
+    seed_everything(config.seed + peers.rank, config.deterministic)  # rank 0 initialises the weights
     task = get_task(config.task)
     splits = task.load_splits(config.seed, config.data.val_fraction, config.data.test_fraction)
     loaders = {
@@ -82,55 +107,111 @@ def setup(config: Config) -> Setup:
             shuffle=name == "train",
             seed=config.seed,
             num_workers=config.data.num_workers,
+            rank=peers.rank,
+            world_size=peers.world_size,
         )
         for name in ("train", "val", "test")
     }
     preprocessing = task.fit_preprocessing(splits.train)
     model = build_model(task, config.model, preprocessing).to(device)
+    network = distributed.wrap(model, device)
+    if config.compile:
+        network = compiled(network, device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.optim.epochs)
-    return Setup(config, task, splits, loaders, preprocessing, model, optimizer, scheduler, device)
+    return Setup(
+        config,
+        task,
+        splits,
+        loaders,
+        preprocessing,
+        model,
+        network,
+        optimizer,
+        scheduler,
+        precision,
+        device,
+        peers,
+    )
+
+
+def compiled(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """torch.compile, refused up front where it would fail at the first step instead."""
+    compiler = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if compiler is None:
+        raise UserError(
+            f"compile=true needs a C compiler for {device.type} kernels; install gcc or set compile=false"
+        )
+    return torch.compile(network)
 
 
 def start(parts: Setup, resume: Resumable | None) -> tuple[RunDir, TrainingState]:
-    """A new run directory with its manifest, or the resumed run with its state restored."""
-    config = parts.config
+    """A new run directory with its manifest, or the resumed run with its state restored.
+    Rank 0 owns the directory; the other ranks learn its name and restore the same checkpoint."""
+    config, peers = parts.config, parts.peers
     if resume is None:
-        run, state = RunDir.create(config.output.runs_dir), TrainingState()
-        split_arrays = [
-            a for s in (parts.splits.train, parts.splits.val, parts.splits.test) for a in (s.inputs, s.labels)
-        ]
-        manifest = {
-            "run_id": run.name,
-            "status": "running",
-            "started": now(),
-            "seed": config.seed,
-            "deterministic": config.deterministic,
-            "config": config.to_dict(),
-            "data_sha256": data_fingerprint(*split_arrays),
-            "environment": environment(Path.cwd()),
-            "resumed": [],
-        }
+        run = RunDir(from_main(RunDir.create(config.output.runs_dir).path if peers.main else None))
+        state = TrainingState()
     else:
-        run, state = resume.run, TrainingState.restore(parts, resume.payload)
-        manifest = run.read_manifest()
-        manifest["resumed"].append(
-            {"at": now(), "from": resume.checkpoint.name, "environment": environment(Path.cwd())}
-        )
-        print(f"resuming {resume.checkpoint} (epoch {state.epoch + 1}, batch {state.batch})", file=sys.stderr)
-    run.write_config(config.to_dict())
-    run.write_manifest(manifest)
+        run, state = resume.run, restored_state(parts, resume)
+    if peers.main:
+        manifest = new_manifest(parts, run) if resume is None else run.read_manifest()
+        if resume is not None:
+            where = (
+                f"{resume.checkpoint.name} (epoch {state.epoch + 1}, batch {state.batch})"
+                if resume.payload
+                else "the start"
+            )
+            print(f"resuming run {run.name} from {where}", file=sys.stderr)
+            manifest["resumed"].append(
+                {
+                    "at": now(),
+                    "from": resume.checkpoint.name if resume.payload else None,
+                    "launch": distributed.launch_record(peers),
+                    "environment": environment(Path.cwd()),
+                }
+            )
+        run.write_config(config.to_dict())
+        run.write_manifest(manifest)
     return run, state
+
+
+def restored_state(parts: Setup, resume: Resumable) -> TrainingState:
+    """The checkpoint's state, or a fresh one for a run restarted before its first checkpoint."""
+    if resume.payload is None:
+        return TrainingState()
+    written_by, world_size = resume.payload.get("world_size", 1), parts.peers.world_size
+    if written_by != world_size:
+        raise UserError(
+            f"{resume.checkpoint} was written by {written_by} process(es), this run has {world_size}: "
+            f"resume it with NPROC={written_by} (the data order depends on the number of processes)"
+        )
+    return TrainingState.restore(parts, resume.payload)
+
+
+def new_manifest(parts: Setup, run: RunDir) -> dict:
+    config, splits = parts.config, parts.splits
+    split_arrays = [a for s in (splits.train, splits.val, splits.test) for a in (s.inputs, s.labels)]
+    return {
+        "run_id": run.name,
+        "status": "running",
+        "started": now(),
+        "seed": config.seed,
+        "deterministic": config.deterministic,
+        "config": config.to_dict(),
+        "data_sha256": data_fingerprint(*split_arrays),
+        "launch": distributed.launch_record(parts.peers),
+        "environment": environment(Path.cwd()),
+        "resumed": [],
+    }
 
 
 def fit_epoch(parts: Setup, state: TrainingState, report: Progress) -> Accumulator:
     """Train the rest of the current epoch (all of it, unless resumed mid-way or stopped)."""
     loader = parts.loaders["train"]
-    if state.loader_rng is not None:  # the epoch's data order, as it was when the epoch began
-        loader.generator.set_state(state.loader_rng)
-    state.loader_rng = loader.generator.get_state()
+    loader.sampler.set_epoch(state.epoch)  # the epoch's data order follows from the seed and the epoch
     batches = iter(loader)
     for _ in range(state.batch):
         next(batches)
@@ -138,17 +219,18 @@ def fit_epoch(parts: Setup, state: TrainingState, report: Progress) -> Accumulat
         restore_rng_state(state.rng)
         state.rng = None
     totals = Accumulator(parts.device, state.totals)
-    state.batch += train_batches(parts.model, batches, parts.optimizer, parts.device, totals, report.step)
+    state.batch += train_batches(
+        parts.network, batches, parts.optimizer, parts.precision, totals, report.step
+    )
     return totals
 
 
 def end_epoch(parts: Setup, state: TrainingState, totals: Accumulator, run: RunDir) -> None:
     """Validate, step the schedule, record the epoch and checkpoint it when it is due."""
     config, train_score = parts.config, totals.score()
-    val = score(parts.model, parts.loaders["val"], parts.device)
+    val = score(parts.model, parts.loaders["val"], parts.device, parts.precision)
     parts.scheduler.step()
     state.epoch, state.batch, state.totals = state.epoch + 1, 0, (0.0, 0, 0)
-    state.loader_rng = parts.loaders["train"].generator.get_state()
     state.history.append(
         {
             "epoch": state.epoch,
@@ -162,9 +244,11 @@ def end_epoch(parts: Setup, state: TrainingState, totals: Accumulator, run: RunD
         state.save(run, parts, Accumulator(parts.device))
 
 
-def finish(parts: Setup, state: TrainingState, run: RunDir, started: float) -> TrainResult:
-    """Score the test split, write the run's results and promote its model."""
-    test = score(parts.model, parts.loaders["test"], parts.device)
+def finish(
+    parts: Setup, state: TrainingState, run: RunDir, started: float, train_seconds: float
+) -> TrainResult:
+    """Score the test split, write the run's results and promote its model (rank 0)."""
+    test = score(parts.model, parts.loaders["test"], parts.device, parts.precision)
     summary = {
         "task": parts.config.task,
         "test_accuracy": test.accuracy,
@@ -172,24 +256,85 @@ def finish(parts: Setup, state: TrainingState, run: RunDir, started: float) -> T
         "val_accuracy": state.history[-1]["val_accuracy"],
         "train_accuracy": state.history[-1]["train_accuracy"],
         "epochs": parts.config.optim.epochs,
+        "train_samples": len(parts.splits.train.labels),
         "device": str(parts.device),
+        "processes": parts.peers.world_size,
+        "precision": parts.config.precision,
         "seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(train_seconds, 3),
         "weights_sha256": weights_sha256(parts.model.state_dict()),
     }
     model_path = Path(parts.config.output.model_path)
-    run.finish(model_payload(parts, metrics=summary), {**summary, "history": state.history}, model_path)
+    if parts.peers.main:
+        run.finish(model_payload(parts, metrics=summary), {**summary, "history": state.history}, model_path)
+    distributed.barrier()  # every rank returns once the model is promoted
     return TrainResult(run_dir=run.path, model_path=model_path, metrics={**summary, "history": state.history})
+
+
+class Plan(NamedTuple):
+    """How a training command starts, decided once (by rank 0) before any training."""
+
+    config: Config
+    run: Path | None = None  # a run to continue; None: a new run
+    checkpoint: Path | None = None  # its checkpoint; None: from its start
+    complete: bool = False  # a relaunch of a run that has already finished
+
+
+def plan_start(config: Config, overrides: list[str], target: str | None) -> Plan:
+    """RESUME's checkpoint; or, when torchrun restarted the workers or SLURM requeued the job, the
+    run this launch began, from its newest good checkpoint; or else a new run."""
+    runs_dir, launch = config.output.runs_dir, distributed.launch_id()
+    if distributed.relaunched() and launch and (run := run_of_launch(runs_dir, launch)):
+        if run.read_manifest().get("status") == "complete":
+            return Plan(config, run.path, complete=True)
+        resume = continue_launch(run)
+    elif target:
+        resume = find_resumable(runs_dir, target)
+    else:
+        return Plan(config)
+    recorded = resume.payload["config"] if resume.payload else resume.run.read_manifest()["config"]
+    return Plan(resumed_config(config, overrides, recorded), resume.run.path, resume.checkpoint)
+
+
+def run_training(
+    config: Config, overrides: list[str], target: str | None, progress: bool
+) -> TrainResult | None:
+    """The `train` command on every rank: join the group, agree on the plan, train. The result on
+    rank 0; None on the other ranks, and for a relaunch whose run had already finished."""
+    with distributed.process_group(config.device) as peers:
+        plan = distributed.decide(peers, lambda: plan_start(config, overrides, target))
+        if plan.complete:
+            if peers.main:
+                print(f"run {plan.run.name} of this launch is complete; nothing to do", file=sys.stderr)
+            return None
+        resume = None
+        if plan.run is not None:
+            payload = read_training_checkpoint(plan.checkpoint) if plan.checkpoint else None
+            resume = Resumable(RunDir(plan.run), plan.checkpoint, payload)
+        result = train(plan.config, peers, progress=progress, resume=resume)
+        return result if peers.main else None
+
+
+ADJUSTABLE = ("output.runs_dir", "precision", "compile")  # where and how it runs, not what it learns
 
 
 def resumed_config(requested: Config, overrides: list[str], recorded: dict) -> Config:
     """A resumed run keeps its own config. Overrides that repeat it are fine (the first command plus
-    RESUME=auto); one that contradicts it is refused, naming the key and both values."""
+    RESUME=auto), and precision and compile may change (resuming on another GPU; the weights then
+    differ from an uninterrupted run's); any other difference is refused, naming both values."""
     wanted, own = flatten(requested.to_dict()), flatten(recorded)
+    adjusted = []
     for text in overrides:
         for key in flatten(parse_override(text)):
-            if key != "output.runs_dir" and wanted.get(key) != own.get(key):  # runs_dir says where to look
+            if key in ADJUSTABLE:
+                adjusted.append(text)
+            elif wanted.get(key) != own.get(key):
                 raise UsageError(
                     f"{key}={wanted.get(key)} differs from the resumed run's {key}={own.get(key)}; "
                     "drop it to resume, or start a new run without RESUME"
                 )
-    return config_from_dict(recorded)
+    config = config_from_dict(recorded)
+    for text in adjusted:
+        merge(config, parse_override(text))
+    config.validate()
+    return config

@@ -15,11 +15,25 @@ from .checks import FAIL, WARN, run_checks
 from .report import render_text, to_json
 
 
+def process_count(text: str) -> int:
+    """--nproc: a whole number of at least 1 (argparse turns the error into exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--strict", action="store_true", help="treat warnings as failures (exit 1)")
     parser.add_argument("--cuda", choices=list(BUILDS), help="check another build than env.yml's")
     parser.add_argument("--docker", action="store_true", help="also check the NVIDIA Container Toolkit")
+    parser.add_argument(
+        "--nproc", type=process_count, metavar="N", help="also check N training processes, one per GPU"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if cuda is None:
         print("error: no env.yml here to read the project's CUDA build from; pass --cuda", file=sys.stderr)
         return 2
-    report = run_checks(cuda, docker=args.docker)
+    report = run_checks(cuda, docker=args.docker, nproc=args.nproc)
     print(json.dumps(to_json(report)) if args.json else render_text(report))
     return 1 if report.status == FAIL or (args.strict and report.status == WARN) else 0
 

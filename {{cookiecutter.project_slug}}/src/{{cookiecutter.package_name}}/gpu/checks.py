@@ -250,6 +250,75 @@ def check_visible_devices(snapshot: Snapshot, visible: Visible, env: Mapping[str
     return Check("visible_devices", PASS, message)
 
 
+def _plural(count: int, noun: str, plural: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def cuda_device_count(visible: Visible | None) -> int:
+    """How many devices CUDA enumerates: the visible GPUs, or one for MIG (CUDA shows a process a
+    single MIG instance)."""
+    if visible is None:
+        return 0
+    return 1 if visible.mig_devices else len(visible.gpus)
+
+
+def _selection(visible: Visible) -> str:
+    if visible.raw is None:
+        return ""
+    return f" (CUDA_VISIBLE_DEVICES={visible.raw if visible.raw.strip() else repr(visible.raw)})"
+
+
+def check_processes(build: Build, visible: Visible | None, nproc: int, env: Mapping[str, str]) -> Check:
+    """Can `nproc` training processes each have a GPU of their own (NCCL), or will they share the CPU?
+
+    Process i uses CUDA device i; which physical GPUs those are is known when all are used or the
+    order is PCI_BUS_ID (by default CUDA numbers mixed GPUs fastest first), else every visible one counts.
+    """
+    devices = 0 if build.cuda_int is None else cuda_device_count(visible)
+    processes = _plural(nproc, "process", "processes")
+    if devices == 0:
+        if build.cuda_int is None:
+            why = "CPU build"
+        else:
+            why = "no GPU found" if visible is None else f"no GPU visible{_selection(visible)}"
+        return Check("processes", PASS, f"{why}: {processes} will use gloo on the CPU")
+    if nproc > devices:
+        where = _selection(visible)
+        if visible.mig_devices:
+            where += "; CUDA shows a process one MIG device"
+        fewer = "NPROC=1" if devices == 1 else f"NPROC={devices} or fewer"
+        verb = "is" if devices == 1 else "are"
+        return Check(
+            "processes",
+            FAIL,
+            f"NPROC={nproc} but {_plural(devices, 'GPU')} {verb} visible{where}: one process per GPU; "
+            f"use {fewer}, or device=cpu for gloo on the CPU",
+        )
+    message = f"{processes} on {nproc} of {_plural(devices, 'visible GPU')} (NCCL)"
+    known_order = nproc == devices or env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
+    names = sorted({g.name for g in (visible.gpus[:nproc] if known_order else visible.gpus)})
+    if len(names) > 1:
+        return Check(
+            "processes",
+            WARN,
+            f"{message}, mixed models ({', '.join(names)}): the slowest GPU in use sets the pace; "
+            "select one model with CUDA_VISIBLE_DEVICES",
+        )
+    return Check("processes", PASS, f"{message}; peer-to-peer access is not required")
+
+
+def process_problem(
+    cuda: str, nproc: int, *, snapshot: Snapshot | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """Why `nproc` processes cannot each have a GPU here (the FAIL message), or None: for the
+    launcher, before any process starts."""
+    env = os.environ if env is None else env
+    snapshot = collect() if snapshot is None else snapshot
+    visible = None if snapshot.problem else visible_devices(snapshot.gpus, env)
+    check = check_processes(BUILDS[cuda], visible, nproc, env)
+    return check.message if check.status == FAIL else None
+
+
 def check_torch_build(build: Build, snapshot: Snapshot) -> Check | None:
     """The installed torch against the project's build and the driver; None without torch."""
     try:
@@ -344,6 +413,7 @@ def run_checks(
     env: Mapping[str, str] | None = None,
     include_torch: bool = True,
     docker: bool = False,
+    nproc: int | None = None,
 ) -> Report:
     env = os.environ if env is None else env
     build = BUILDS[cuda]
@@ -364,6 +434,8 @@ def run_checks(
             check_compute_mode(used),
             check_visible_devices(snapshot, visible, env),
         ]
+    if nproc is not None:
+        report.checks.append(check_processes(build, visible, nproc, env))
     optional = [check_torch_build(build, snapshot) if include_torch else None, check_shm()]
     report.checks += [check for check in optional if check is not None]
     if docker:

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 
 from tqdm import tqdm
 
 
 class Progress:
     """A live bar on a terminal, one line per epoch in logs (CI, containers), where a bar is noise.
-    SIGINT and SIGTERM only record a stop request while it is open; the loop ends at the next batch."""
+    SIGINT and SIGTERM only record a stop request while it is open; the loop ends at the next batch.
+    `agree` turns this process's request into the group's decision, so every rank stops together;
+    it is a collective, so it is asked every `AGREE_EVERY` batches (on every rank alike), not every batch.
+    Alone, a process stops at the next batch."""
 
-    def __init__(self, total: int, initial: int, show: bool = True) -> None:
+    AGREE_EVERY = 16
+
+    def __init__(
+        self, total: int, initial: int, show: bool = True, agree: Callable[[bool], bool] | None = None
+    ) -> None:
         self.show, self.live = show, show and sys.stderr.isatty()
+        self.agree, self.stopping, self.steps = agree, False, 0
+        self.every = 1 if agree is None else self.AGREE_EVERY
         self.bar = tqdm(
             total=total,
             initial=initial,
@@ -36,13 +46,17 @@ class Progress:
         self.bar.close()
 
     @property
-    def stop_signal(self) -> int | None:
-        return self.signals[0] if self.signals else None
+    def stop_signal(self) -> int:
+        """The signal that stopped the run: this process's own, or SIGTERM when a peer's stopped it."""
+        return self.signals[0] if self.signals else signal.SIGTERM
 
     def step(self) -> bool:
         """After each batch: True asks the loop to stop."""
         self.bar.update(1)
-        return bool(self.signals)
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.stopping = self.agree(bool(self.signals)) if self.agree else bool(self.signals)
+        return self.stopping
 
     def epoch_done(self, epoch: int, epochs: int, row: dict[str, float]) -> None:
         columns = {"loss": "train_loss", "acc": "train_accuracy", "val_acc": "val_accuracy"}

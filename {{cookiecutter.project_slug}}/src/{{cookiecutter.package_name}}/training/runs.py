@@ -64,13 +64,15 @@ class RunDir:
     def checkpoints(self) -> list[Path]:
         return sorted((self.path / CHECKPOINTS).glob("*.pt"))
 
-    def save_checkpoint(self, payload: dict[str, Any], keep: int) -> Path:
-        """A resumable state, named by its position; only the newest `keep` are kept."""
-        target = self.path / CHECKPOINTS / f"epoch-{payload['epoch']:04d}-batch-{payload['batch']:05d}.pt"
+    def checkpoint_path(self, epoch: int, batch: int) -> Path:
+        """A resumable state is named by its position, so names sort in training order."""
+        return self.path / CHECKPOINTS / f"epoch-{epoch:04d}-batch-{batch:05d}.pt"
+
+    def save_checkpoint(self, target: Path, payload: dict[str, Any], keep: int) -> None:
+        """Write a resumable state; only the newest `keep` are kept."""
         save(target, payload)
         for old in self.checkpoints()[:-keep]:
             old.unlink()
-        return target
 
     def finish(self, payload: dict[str, Any], metrics: dict[str, Any], model_path: Path) -> None:
         """Write the final model, metrics and curves, mark the run complete, then promote its model."""
@@ -103,23 +105,32 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def latest_checkpoint(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest readable training checkpoint under runs/; damaged ones are skipped with a warning."""
-    candidates = sorted(
-        Path(runs_dir).glob(f"*/{CHECKPOINTS}/*.pt"), key=lambda p: (p.parent.parent.name, p.name)
-    )
+def newest_readable(candidates: list[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable training checkpoint of `candidates` (in training order); damaged ones
+    are skipped with a warning."""
     for path in reversed(candidates):
         try:
             return path, read_training_checkpoint(path)
         except UserError as err:
             print(f"warning: skipping {err}", file=sys.stderr)
-    raise UserError(f"no training checkpoint to resume under {str(runs_dir)!r}")
+    return None
+
+
+def latest_checkpoint(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest readable training checkpoint under runs/."""
+    candidates = sorted(
+        Path(runs_dir).glob(f"*/{CHECKPOINTS}/*.pt"), key=lambda p: (p.parent.parent.name, p.name)
+    )
+    found = newest_readable(candidates)
+    if found is None:
+        raise UserError(f"no training checkpoint to resume under {str(runs_dir)!r}")
+    return found
 
 
 class Resumable(NamedTuple):
     run: RunDir
-    checkpoint: Path
-    payload: dict[str, Any]
+    checkpoint: Path | None = None  # None: a relaunched run that had no checkpoint yet starts over
+    payload: dict[str, Any] | None = None
 
 
 def find_resumable(runs_dir: str | Path, target: str) -> Resumable:
@@ -132,6 +143,26 @@ def find_resumable(runs_dir: str | Path, target: str) -> Resumable:
     if run.read_manifest().get("status") == "complete":
         raise UserError(f"run {run.name} is complete; there is nothing to resume")
     return Resumable(run, path, payload)
+
+
+def run_of_launch(runs_dir: str | Path, launch_id: str) -> RunDir | None:
+    """The newest run that a launch with this id (a SLURM job, a torchrun rendezvous) started or
+    resumed."""
+    for path in sorted((p for p in Path(runs_dir).glob("*") if p.is_dir()), reverse=True):
+        manifest = RunDir(path).read_manifest()
+        launches = [
+            manifest.get("launch", {}),
+            *(entry.get("launch", {}) for entry in manifest.get("resumed", [])),
+        ]
+        if any(launch.get("id") == launch_id for launch in launches):
+            return RunDir(path)
+    return None
+
+
+def continue_launch(run: RunDir) -> Resumable:
+    """Where a relaunched run picks up: its newest good checkpoint, or its start."""
+    found = newest_readable(run.checkpoints())
+    return Resumable(run, *found) if found else Resumable(run)
 
 
 def list_runs(runs_dir: Path) -> str:
