@@ -44,6 +44,7 @@ PACKAGE_FILES = [
     "cli.py",
     "config.py",
     "train.py",
+    "launch.py",
     "evaluate.py",
     "predict.py",
     "serve.py",
@@ -62,6 +63,7 @@ PACKAGE_FILES = [
     "training/state.py",
     "training/runs.py",
     "training/progress.py",
+    "training/distributed.py",
     "gpu/__init__.py",
     "gpu/checks.py",
     "gpu/report.py",
@@ -155,6 +157,29 @@ def test_make_dry_runs_every_target(baked):
         ["make", "-n", "infer", "INPUT=x.png"], cwd=project, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_make_train_passes_the_launch_settings(default_project):
+    """NPROC and friends reach `train` as its torchrun options; without them it stays one process."""
+    project = default_project
+
+    def train_line(*variables: str) -> str:
+        dry = subprocess.run(
+            ["make", "-n", "--no-print-directory", "train", *variables],
+            cwd=project,
+            capture_output=True,
+            text=True,
+        )
+        return next(line for line in dry.stdout.splitlines() if " train" in line and "-m " in line)
+
+    assert "--nproc" not in train_line()
+    assert "train --nproc 2 --max-restarts 1" in " ".join(train_line("NPROC=2", "MAX_RESTARTS=1").split())
+    several = " ".join(
+        train_line(
+            "NPROC=4", "NNODES=2", "NODE_RANK=0", "RDZV_ENDPOINT=10.0.0.1:29500", "RDZV_ID=exp7"
+        ).split()
+    )
+    assert "--nproc 4 --nnodes 2 --node-rank 0 --rdzv-endpoint 10.0.0.1:29500 --rdzv-id exp7" in several
 
 
 def test_make_help_lists_the_life_cycle(baked):

@@ -263,16 +263,18 @@ def infer_tabular_rows_with_a_mounted_model(project: Path, image: str) -> None:
 def train_through_compose(
     project: Path, settings: list[str], uid: str, gid: str, stack: contextlib.ExitStack
 ) -> None:
-    """Training through compose writes to the mounted folders as the invoking user."""
+    """Training through compose, with torchrun's two processes, writes to the mounted folders as the
+    invoking user."""
     for folder in ("data", "runs", "models"):
         shutil.chown(project / folder, int(uid), int(gid))
     stack.callback(
         lambda: subprocess.run(["chown", "-R", "root:root", "data", "runs", "models"], cwd=project)
     )
     runs_before = set((project / "runs").iterdir())
-    result = run_make(project, "docker-cpu", "ARGS=optim.epochs=1 --no-progress", *settings)
+    result = run_make(project, "docker-cpu", "NPROC=2", "ARGS=optim.epochs=1 --no-progress", *settings)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (new_run,) = set((project / "runs").iterdir()) - runs_before
+    assert json.loads((new_run / "manifest.json").read_text())["launch"]["world_size"] == 2
     for path in [new_run, *new_run.iterdir(), project / "models" / "model.pt"]:
         assert (path.stat().st_uid, path.stat().st_gid) == (int(uid), int(gid)), path
 

@@ -543,7 +543,20 @@ def test_training_fails_fast_on_an_unusable_gpu(gpu_project, project_python, nvm
     assert not list((gpu_project / "runs").glob("2*")), "nothing written before the check"
 
 
-def test_auto_device_falls_back_to_cpu_with_one_warning(gpu_project, project_python, tmp_path):
+def test_more_processes_than_gpus_fail_before_any_process_starts(
+    gpu_project, project_python, nvml_stub, tmp_path
+):
+    env = machine_env(tmp_path, nvml_stub, {**NEW_DRIVER, "gpus": [H100, H100_B]}, None)
+    command = [str(project_python), "-m", "digit_classifier", "train", "--nproc", "4", "device=cuda"]
+    result = subprocess.run(command, cwd=gpu_project, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "NPROC=4 but 2 GPUs are visible" in line and "NPROC=2 or fewer" in line
+    assert not list((gpu_project / "runs").glob("2*")), "nothing written before the check"
+
+
+@pytest.mark.parametrize("launch", [[], ["--nproc", "2"]], ids=["one-process", "two-processes"])
+def test_auto_device_falls_back_to_cpu_with_one_warning(gpu_project, project_python, tmp_path, launch):
     env = machine_env(tmp_path, None, None, None)
     result = subprocess.run(
         [
@@ -551,6 +564,7 @@ def test_auto_device_falls_back_to_cpu_with_one_warning(gpu_project, project_pyt
             "-m",
             "digit_classifier",
             "train",
+            *launch,
             "--no-progress",
             "optim.epochs=1",
             f"output.runs_dir={tmp_path / 'runs'}",

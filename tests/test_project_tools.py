@@ -14,7 +14,9 @@ from .conftest import CHOICES, bake_ok
 
 
 def make_dry(project, *args):
-    result = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=project, capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", *args], cwd=project, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -2,6 +2,7 @@
 take their valid and invalid inputs from the task's input spec, so a new task is tested as it is."""
 
 import csv
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,13 @@ from {{ cookiecutter.package_name }}.train import train
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train.yaml"
 TASKS = available()
+
+
+def free_port() -> int:
+    """A loopback port free right now (the kernel's pick), for a server or rendezvous a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def task_config(task_name: str, out: Path, *overrides: str):

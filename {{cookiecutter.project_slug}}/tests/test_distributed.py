@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .conftest import TASKS
+from .conftest import TASKS, free_port
 from .test_reproducibility import final_weights, resume, start, train, wait_for_epoch
 
 pytestmark = pytest.mark.slow
@@ -25,18 +25,24 @@ def manifest(runs_dir: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())
 
 
+def parent_and_rank(proc: Path) -> tuple[int, int | None] | None:
+    """A process's parent pid and its RANK variable; None once it has ended."""
+    try:
+        stat = (proc / "stat").read_text()
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(entry[5:]) for entry in environ if entry.startswith(b"RANK=")]
+    return int(stat.rsplit(")", 1)[1].split()[1]), (ranks[0] if ranks else None)
+
+
 def workers(launcher_pid: int) -> dict[int, int]:
     """rank -> pid of the training processes torchrun (running inside the launcher) started."""
     found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            environ = (stat.parent / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        ranks = [entry[5:] for entry in environ if entry.startswith(b"RANK=")]
-        if parent == launcher_pid and ranks:
-            found[int(ranks[0])] = int(stat.parent.name)
+    for proc in Path("/proc").glob("[0-9]*"):
+        described = parent_and_rank(proc)
+        if described and described[0] == launcher_pid and described[1] is not None:
+            found[described[1]] = int(proc.name)
     return found
 
 
@@ -108,3 +114,32 @@ def test_sigterm_checkpoints_and_resume_auto_needs_the_same_process_count(two_pr
     result = resume(tmp_path, *NPROC, *ARGS)
     assert result.returncode == 0, result.stderr
     assert final_weights(tmp_path) == two_processes.weights
+
+
+def test_two_machines_meet_at_a_rendezvous(two_processes, tmp_path):
+    """Two launchers of one process each, as two machines would run them (here on loopback):
+    the same group of two, so the same weights as two processes on one machine."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        start(
+            tmp_path,
+            "--nproc",
+            "1",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(rank),
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            "loopback",
+            *ARGS,
+        )
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=300)
+        assert node.returncode == 0, stderr
+    assert final_weights(tmp_path) == two_processes.weights
+    launch = manifest(tmp_path)["launch"]
+    assert (launch["world_size"], launch["nodes"], launch["id"]) == (2, 2, "torchrun-loopback")

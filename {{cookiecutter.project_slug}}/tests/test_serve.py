@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,17 +17,11 @@ import pytest
 
 from {{ cookiecutter.package_name }}.predict import Predictor, read_inputs
 
-from .conftest import PROJECT_ROOT, TASKS, out_of_range, valid_sample, write_native_file
+from .conftest import PROJECT_ROOT, TASKS, free_port, out_of_range, valid_sample, write_native_file
 
 pytestmark = pytest.mark.slow  # starts real servers: run with `make test`, skipped by `-m "not slow"`
 
 LIMITS = ["max_request_samples=16", "max_body_bytes=20000"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(url, path, body=None, content_type="application/json", headers=None):

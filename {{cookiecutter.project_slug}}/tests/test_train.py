@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }}.checkpoint import load_model, read
+from {{ cookiecutter.package_name }}.errors import UserError
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.train import train
+from {{ cookiecutter.package_name }}.training.loop import Precision
 
 from .conftest import TASKS, task_config
 
@@ -58,3 +60,12 @@ def test_compiled_training_saves_plain_weights(tmp_path):
     payload = read(result.model_path)
     assert not any(key.startswith("_orig_mod.") for key in payload["model_state"])
     assert load_model(result.model_path).task_name == TASKS[0]
+
+
+def test_bf16_is_refused_on_a_gpu_without_it(monkeypatch):
+    """The GPU is the one thing missing here: only its two answers are stood in for."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    with pytest.raises(UserError, match="Tesla V100-SXM2-16GB has none: use precision=fp16"):
+        Precision("bf16", torch.device("cuda", 0))
+    assert Precision("bf16", torch.device("cpu")).dtype == torch.bfloat16

@@ -228,6 +228,7 @@ def fit_epoch(parts: Setup, state: TrainingState, report: Progress) -> Accumulat
 def end_epoch(parts: Setup, state: TrainingState, totals: Accumulator, run: RunDir) -> None:
     """Validate, step the schedule, record the epoch and checkpoint it when it is due."""
     config, train_score = parts.config, totals.score()
+    distributed.share_buffers(parts.model)
     val = score(parts.model, parts.loaders["val"], parts.device, parts.precision)
     parts.scheduler.step()
     state.epoch, state.batch, state.totals = state.epoch + 1, 0, (0.0, 0, 0)

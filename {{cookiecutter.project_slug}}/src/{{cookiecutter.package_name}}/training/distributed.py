@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,8 +19,6 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import UserError
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,11 +69,11 @@ def process_group(device_spec: str) -> Iterator[Peers]:
             dist.destroy_process_group()
 
 
-def decide(peers: Peers, choose: Callable[[], T]) -> T:
+def decide(peers: Peers, choose: Callable[[], Any]) -> Any:
     """`choose()` runs on rank 0 alone and every rank gets its answer, or its one-line error."""
     if not active():
         return choose()
-    outcome: tuple[T | None, str | None] = (None, None)
+    outcome: tuple[Any, str | None] = (None, None)
     if peers.main:
         try:
             outcome = (choose(), None)
@@ -122,10 +120,20 @@ def active() -> bool:
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel in a group (it averages the gradients and starts every rank from
-    rank 0's weights); the model itself otherwise."""
+    rank 0's weights); the model itself otherwise. Buffers (batch-norm statistics) are not sent
+    before every step: training uses each batch's own statistics, so `share_buffers` once an epoch
+    gives the same model for a fraction of the messages."""
     if not active():
         return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    device_ids = [device] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def share_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers on every rank, before scoring or saving (what DDP would send every step)."""
+    if active():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from ..errors import UserError
 from ..reproducibility import seed_worker
 from ..tasks.base import Split
 from .distributed import all_sum
@@ -55,6 +56,11 @@ class Precision:
     The weights stay fp32, so checkpoints are the same whatever precision trained them."""
 
     def __init__(self, name: str, device: torch.device) -> None:
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError(
+                f"precision=bf16 needs a GPU with bfloat16 (compute capability 8.0+, e.g. A100, H100); "
+                f"{torch.cuda.get_device_name(device)} has none: use precision=fp16"
+            )
         self.name, self.device_type = name, device.type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)  # fp32: no autocast
         self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
