@@ -1,14 +1,15 @@
-"""Figures for the template: bake time, fresh bake -> trained model, training-loop overhead, serving
-throughput and latency, and the container build (full vs code-only rebuild, image size).
+"""Figures for the template: bake time, fresh bake -> trained model, training-loop overhead, DDP
+scaling, GPU precision, serving throughput and latency, and the container build (full vs code-only
+rebuild, image size).
 
 Run with `make bench`. Prints numbers (and ratios against a baseline measured in the same run);
 nothing here is asserted. Goals: bake <= 0.5 s; fresh bake -> model <= 45 s on 2 cores (uv path);
 the generated train loop within 3 % of a bare PyTorch loop; 2 DDP processes (1 thread each) at
-least 0.9x the samples/s of 1 process (2 threads) at the same global batch; a code-only image rebuild under 10 % of
-a full build; the CPU image under 1.3 GB; the server at concurrency 64 at least 1.5x the requests/s
-of a plain FastAPI server (one forward pass per request) with a p99 no worse, and at concurrency 1
-a p50 within 1 ms of it. The loop and serving figures are measured for each example task (the
-digits CNN and the breast-cancer MLP).
+least 0.9x the samples/s of 1 process (2 threads) at the same global batch; on a GPU, bf16 at least
+1.5x fp32; a code-only image rebuild under 10 % of a full build; the CPU image under 1.3 GB; the
+server at concurrency 64 at least 1.5x the requests/s of a plain FastAPI server (one forward pass
+per request) with a p99 no worse, and at concurrency 1 a p50 within 1 ms of it. The loop and
+serving figures are measured for each example task (the digits CNN and the breast-cancer MLP).
 """
 
 from __future__ import annotations
@@ -344,9 +345,15 @@ DDP_MODELS = {
 
 
 def train_rate(python: Path, project: Path, runs: Path, nproc: int, overrides: list[str]) -> float:
-    """Training samples/s of one run: the samples trained over the seconds spent in training steps."""
+    """Training samples/s of one run: the samples trained over the seconds spent in training steps.
+    `overrides` come last, so they may change the device."""
     launch = ["--nproc", str(nproc)] if nproc > 1 else []
-    out = [f"output.runs_dir={runs}", f"output.model_path={runs}/model.pt", "device=cpu", *overrides]
+    out = [
+        f"output.runs_dir={runs}",
+        f"output.model_path={runs}/model.pt",
+        "device=cpu",
+        *overrides,
+    ]  # last wins
     command = [str(python), "-m", "digit_classifier", "train", "--no-progress", *launch, *out]
     subprocess.run(command, cwd=project, capture_output=True, text=True, check=True)
     metrics = json.loads(max(runs.glob("*/metrics.json")).read_text())
@@ -355,17 +362,49 @@ def train_rate(python: Path, project: Path, runs: Path, nproc: int, overrides: l
 
 def ddp_figures(project: Path, work: Path) -> None:
     python = project / ".venv" / "bin" / "python"
-    print("\nDDP on the CPU: 1 process (2 threads) vs torchrun 2 processes (1 thread each), same global batch")
+    print(
+        "\nDDP on the CPU: 1 process (2 threads) vs torchrun 2 processes (1 thread each), same global batch"
+    )
     for label, overrides in DDP_MODELS.items():
         rates: dict[int, list[float]] = {1: [], 2: []}
         for i in range(3):  # interleaved, so drift in machine load hits both alike
             for nproc in (1, 2) if i % 2 == 0 else (2, 1):
-                rates[nproc].append(train_rate(python, project, work / f"ddp-{label}-{i}-{nproc}", nproc, overrides))
+                rates[nproc].append(
+                    train_rate(python, project, work / f"ddp-{label}-{i}-{nproc}", nproc, overrides)
+                )
         one, two = statistics.median(rates[1]), statistics.median(rates[2])
         print(f"  {label} ({' '.join(overrides)})")
         print(f"    1 process              {one:8.0f} samples/s")
         print(f"    2 processes            {two:8.0f} samples/s")
         print(f"    ratio 2/1              {two / one:8.3f}   goal >= 0.9")
+
+
+# 1 GPU, fp32 vs bf16 vs bf16 + torch.compile, on a digits model wide enough to load a GPU.
+GPU_MODEL = [
+    "device=cuda",
+    "model.channels=256",
+    "model.hidden=2048",
+    "data.batch_size=512",
+    "optim.epochs=6",
+]
+GPU_SETTINGS = {"fp32": [], "bf16": ["precision=bf16"], "bf16 + compile": ["precision=bf16", "compile=true"]}
+
+
+def gpu_precision_figures(project: Path, work: Path) -> None:
+    python = project / ".venv" / "bin" / "python"
+    probe = subprocess.run(
+        [str(python), "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True, text=True
+    )
+    print("\n1 GPU: fp32 vs bf16 vs bf16 + compile (goal: bf16 >= 1.5x fp32)")
+    if probe.stdout.strip() != "True":
+        print("  skipped: no usable CUDA device on this machine")
+        return
+    rates = {
+        label: train_rate(python, project, work / f"gpu-{i}", 1, [*GPU_MODEL, *extra])
+        for i, (label, extra) in enumerate(GPU_SETTINGS.items())
+    }
+    for label, rate in rates.items():
+        print(f"  {label:22s} {rate:8.0f} samples/s   {rate / rates['fp32']:.2f}x fp32")
 
 
 def bake_figures(tmp: Path) -> None:
@@ -406,6 +445,7 @@ def main() -> None:
         project = bake_to_model_figures(tmp, with_uv)
         loop_figures(project)
         ddp_figures(project, tmp)
+        gpu_precision_figures(project, tmp)
         serving_figures(project, tmp, with_uv)
         container_figures(project, tmp)
         (tmp / "gpu").mkdir()

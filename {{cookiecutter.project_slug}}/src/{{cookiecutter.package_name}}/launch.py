@@ -21,7 +21,7 @@ def check(config: Config, args: argparse.Namespace) -> None:
         raise UsageError(
             f"device={config.device} names one GPU; with NPROC each process takes its own: device=cuda"
         )
-    if args.nnodes > 1 and not (args.rdzv_endpoint and args.rdzv_id):
+    if (args.nnodes > 1 or args.rdzv_endpoint) and not (args.rdzv_endpoint and args.rdzv_id):
         raise UsageError(
             "training on several nodes needs RDZV_ENDPOINT=host:port (the first node) "
             "and RDZV_ID=<job name>, the same on every node"

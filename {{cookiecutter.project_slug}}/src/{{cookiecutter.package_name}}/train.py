@@ -78,9 +78,8 @@ def train(
     run, state = start(parts, resume)
     per_epoch = len(parts.loaders["train"])
     initial = state.epoch * per_epoch + state.batch
-    agree = (
-        partial(any_rank, device=parts.device) if distributed.active() else None
-    )  # same batch on all ranks
+    # In a group, ranks agree (a collective) on the batch to stop at.
+    agree = partial(any_rank, device=parts.device) if distributed.active() else None
     with Progress(config.optim.epochs * per_epoch, initial, progress and parts.peers.main, agree) as report:
         while state.epoch < config.optim.epochs:
             tick = time.perf_counter()
