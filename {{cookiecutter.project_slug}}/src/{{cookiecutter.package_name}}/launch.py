@@ -23,7 +23,7 @@ def check(config: Config, args: argparse.Namespace) -> None:
         )
     if (args.nnodes > 1 or args.rdzv_endpoint) and not (args.rdzv_endpoint and args.rdzv_id):
         raise UsageError(
-            "training on several nodes needs RDZV_ENDPOINT=host:port (the first node) "
+            "a rendezvous of several nodes needs RDZV_ENDPOINT=host:port (on the first node) "
             "and RDZV_ID=<job name>, the same on every node"
         )
     if config.device != "cpu":
