@@ -48,7 +48,7 @@ def test_help(command):
         (["train", "device=gpu0"], "device 'gpu0'"),
         (["train", "task=nope"], "unknown task 'nope'; available tasks: " + ", ".join(TASKS)),
         (["train", "precision=fp8"], "precision 'fp8' is not one of fp32, bf16, fp16"),
-        (["train", "--nproc", "0"], "'0' is not a positive whole number"),
+        (["train", "--nproc", "0"], "argument --nproc: 0 is not 1 or more"),
         (["train", "--nproc", "3"], "data.batch_size=64 does not split evenly among 3 processes"),
         (["train", "--nproc", "2", "device=cuda:1"], "device=cuda:1 names one GPU"),
         (["train", "--nproc", "2", "--nnodes", "2"], "needs RDZV_ENDPOINT=host:port"),

@@ -16,6 +16,7 @@ from . import __version__
 from .config import MODEL_PATH, SERVE_CONFIG, TRAIN_CONFIG, ServeConfig, check_device_spec, load_config
 from .errors import UsageError, UserError
 from .gpu.__main__ import add_arguments as add_gpu_arguments
+from .gpu.__main__ import process_count
 from .gpu.__main__ import run as cmd_gpu_check
 
 PROG = "{{ cookiecutter.package_name }}"
@@ -144,18 +145,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="JSON output")
 
 
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
-
-
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     launch = parser.add_argument_group(
         "processes (torchrun)", "--nproc N starts N processes with torchrun: DDP, NCCL on GPUs, gloo on CPUs"
     )
-    launch.add_argument("--nproc", type=positive, help="processes on this node (one per GPU)")
-    launch.add_argument("--nnodes", type=positive, default=1, help="machines taking part (default 1)")
+    launch.add_argument("--nproc", type=process_count, help="processes on this node (one per GPU)")
+    launch.add_argument("--nnodes", type=process_count, default=1, help="machines taking part (default 1)")
     launch.add_argument("--node-rank", type=int, help="0 on the machine that hosts the rendezvous")
     launch.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="the rendezvous, on the first node")
     launch.add_argument("--rdzv-id", metavar="NAME", help="the job's name, the same on every node")

@@ -1,7 +1,7 @@
 """One training process among several, as torchrun starts them.
 
 torchrun (`python -m torch.distributed.run`) sets RANK, WORLD_SIZE and LOCAL_RANK for every process
-it starts; `join` turns them into a process group (NCCL between GPUs, gloo on the CPU). Outside
+it starts; `process_group` turns them into a process group (NCCL between GPUs, gloo on the CPU). Outside
 torchrun a run is a group of one, and every collective here returns its input untouched.
 """
 
@@ -96,10 +96,14 @@ def launch_id() -> str | None:
     return None if rdzv == "none" else f"torchrun-{rdzv}"
 
 
+def restarts(variable: str) -> int:
+    """A launcher's restart count (TORCHELASTIC_RESTART_COUNT, SLURM_RESTART_COUNT); 0 when unset."""
+    return int(os.environ.get(variable) or 0)
+
+
 def relaunched() -> bool:
     """This launch ran before: torchrun restarted its workers, or SLURM requeued the job."""
-    counts = (os.environ.get(name, "0") for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
-    return any(int(count or 0) > 0 for count in counts)
+    return restarts("TORCHELASTIC_RESTART_COUNT") > 0 or restarts("SLURM_RESTART_COUNT") > 0
 
 
 def launch_record(peers: Peers) -> dict[str, Any]:
@@ -108,9 +112,9 @@ def launch_record(peers: Peers) -> dict[str, Any]:
         "world_size": peers.world_size,
         "nodes": int(os.environ.get("GROUP_WORLD_SIZE", 1)),
         "id": launch_id(),
-        "torchrun_restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        "torchrun_restart": restarts("TORCHELASTIC_RESTART_COUNT"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+        "slurm_restart": restarts("SLURM_RESTART_COUNT"),
     }
 
 
