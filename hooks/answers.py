@@ -9,38 +9,117 @@ from __future__ import annotations
 import keyword
 import re
 import sys
+import unicodedata
 from collections.abc import Mapping
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 
-# Top-level modules the generated project imports (runtime, tests and tooling). A package of
-# the same name would shadow them; tests/test_answers.py keeps this list in step with the code.
-PROJECT_IMPORTS = frozenset(
-    {
-        "torch",
-        "numpy",
-        "sklearn",
-        "yaml",
-        "tqdm",
-        "matplotlib",
-        "PIL",
-        "pynvml",
-        "pytest",
-        "piptools",
-        "setuptools",
-        "pip",
-        "ruff",
-        "fastapi",
-        "starlette",
-        "pydantic",
-        "uvicorn",
-        "prometheus_client",
-    }
-)
+from cookiecutter.exceptions import FailedHookException
+from jinja2.ext import Extension
+
+# Top-level modules of every distribution the generated project's locks pin (requirements/prod.txt
+# and dev.txt, for every python_version and cuda_version). A package of the same name would shadow
+# one of them: with package_name 'joblib', scikit-learn would import the project instead.
+# tests/test_answers.py compares this table with real locks and a real environment's RECORD files.
+LOCKED_MODULES: dict[str, tuple[str, ...]] = {
+    "annotated-doc": ("annotated_doc",),
+    "annotated-types": ("annotated_types",),
+    "anyio": ("anyio",),
+    "build": ("build",),
+    "click": ("click",),
+    "cloudpickle": ("cloudpickle",),
+    "contourpy": ("contourpy",),
+    "cycler": ("cycler",),
+    "exceptiongroup": ("exceptiongroup",),
+    "fastapi": ("fastapi",),
+    "filelock": ("filelock",),
+    "fonttools": ("fontTools",),
+    "fsspec": ("fsspec",),
+    "h11": ("h11",),
+    "idna": ("idna",),
+    "importlib-metadata": ("importlib_metadata",),
+    "iniconfig": ("iniconfig",),
+    "jinja2": ("jinja2",),
+    "joblib": ("joblib",),
+    "kiwisolver": ("kiwisolver",),
+    "markupsafe": ("markupsafe",),
+    "matplotlib": ("matplotlib", "mpl_toolkits", "pylab"),
+    "mpmath": ("mpmath",),
+    "narwhals": ("narwhals",),
+    "networkx": ("networkx",),
+    "numpy": ("numpy",),
+    "nvidia-ml-py": ("example", "pynvml"),
+    "opentelemetry-api": ("opentelemetry",),
+    "packaging": ("packaging",),
+    "pillow": ("PIL",),
+    "pip": ("pip",),
+    "pip-tools": ("piptools",),
+    "pluggy": ("pluggy",),
+    "prometheus-client": ("prometheus_client",),
+    "pydantic": ("pydantic",),
+    "pydantic-core": ("pydantic_core",),
+    "pygments": ("pygments",),
+    "pyparsing": ("pyparsing",),
+    "pyproject-hooks": ("pyproject_hooks",),
+    "pytest": ("_pytest", "py", "pytest"),
+    "python-dateutil": ("dateutil",),
+    "python-multipart": ("multipart", "python_multipart"),
+    "pyyaml": ("_yaml", "yaml"),
+    "ruff": ("ruff",),
+    "scikit-learn": ("sklearn",),
+    "scipy": ("scipy",),
+    "setuptools": ("_distutils_hack", "setuptools"),
+    "six": ("six",),
+    "starlette": ("starlette",),
+    "sympy": ("isympy", "sympy"),
+    "threadpoolctl": ("threadpoolctl",),
+    "tomli": ("tomli",),
+    "torch": ("functorch", "torch", "torchgen"),
+    "tqdm": ("tqdm",),
+    "triton": ("triton",),
+    "typing-extensions": ("typing_extensions",),
+    "typing-inspection": ("typing_inspection",),
+    "tzdata": ("tzdata",),
+    "uvicorn": ("uvicorn",),
+    "wheel": ("wheel",),
+    "zipp": ("zipp",),
+}
+# The CUDA builds also lock NVIDIA's wheels (nvidia-cublas, nvidia-cudnn-cu12, ...) and
+# cuda-python's (cuda-bindings, cuda-pathfinder): each family installs one namespace package.
+LOCKED_FAMILIES: dict[str, tuple[str, ...]] = {"nvidia-": ("nvidia",), "cuda-": ("cuda",)}
 # CPython's own test package, and names pytest and the src layout give a meaning of their own.
 SPECIAL_NAMES = frozenset({"test", "tests", "conftest", "src"})
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+# Template markup: cookiecutter renders answers given on its command line as Jinja.
+MARKUP = ("{{", "{%", "{#")
+FREE_TEXT = ("project_name", "description", "author_name", "author_email")
+
+
+def dist_key(name: str) -> str:
+    """A distribution's normalized name (PEP 503), as the table and the locks are compared."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_modules(dist: str) -> tuple[str, ...] | None:
+    """The top-level modules a locked distribution installs; None when the table lacks it."""
+    key = dist_key(dist)
+    if key in LOCKED_MODULES:
+        return LOCKED_MODULES[key]
+    return next((mods for prefix, mods in LOCKED_FAMILIES.items() if key.startswith(prefix)), None)
+
+
+def module_owners() -> dict[str, str]:
+    """Each reserved top-level module (lowercase: case-insensitive file systems) and who installs it."""
+    owners = {mod.lower(): f"{prefix}*" for prefix, mods in LOCKED_FAMILIES.items() for mod in mods}
+    return owners | {mod.lower(): dist for dist, mods in LOCKED_MODULES.items() for mod in mods}
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """An answer as a message quotes it: escaped, and cut short when long."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}..."
 
 
 def name_problem(name: str) -> str | None:
@@ -49,9 +128,14 @@ def name_problem(name: str) -> str | None:
     return f"project_name {name!r} has no letters or digits to name the project by"
 
 
-def slug_problem(slug: str) -> str | None:
+def slug_problem(slug: str, max_length: int) -> str | None:
     if not slug:
         return "project_slug is empty: give a project_name with letters or digits, or set project_slug"
+    if len(slug) > max_length:
+        return (
+            f"project_slug {shown(slug, 24)} has {len(slug)} characters; set a project_slug of at "
+            f"most {max_length}"
+        )
     if not SLUG.match(slug):
         return (
             f"project_slug {slug!r} must be lowercase letters and digits separated by single "
@@ -60,10 +144,12 @@ def slug_problem(slug: str) -> str | None:
     return None
 
 
-def package_problem(name: str) -> str | None:
+def package_problem(name: str, max_length: int) -> str | None:
     hint = "; set package_name to a lowercase identifier such as 'digit_classifier'"
     if not name:
         return "package_name is empty" + hint
+    if len(name) > max_length:
+        return f"package_name {shown(name, 24)} has {len(name)} characters, more than {max_length}" + hint
     if name[0].isdigit():
         return f"package_name {name!r} starts with a digit" + hint
     if "-" in name:
@@ -74,9 +160,11 @@ def package_problem(name: str) -> str | None:
         return f"package_name {name!r} is not a valid Python identifier" + hint
     if keyword.iskeyword(name):
         return f"package_name {name!r} is a Python keyword" + hint
-    taken = sys.stdlib_module_names | SPECIAL_NAMES | {m.lower() for m in PROJECT_IMPORTS}
-    if name in taken:
-        return f"package_name {name!r} would shadow the module {name!r} that the project imports" + hint
+    shadows = f"package_name {name!r} would shadow the module {name!r}"
+    if name in sys.stdlib_module_names or name in SPECIAL_NAMES:
+        return f"{shadows} of Python or pytest" + hint
+    if owner := module_owners().get(name):
+        return f"{shadows} of the locked dependency {owner}" + hint
     return None
 
 
@@ -86,30 +174,89 @@ def choice_problem(key: str, value: str, allowed: list[str], what: str) -> str |
     return f"{key} {value!r} is not supported {what}; choose one of: {', '.join(allowed)}"
 
 
+def unprintable(ch: str) -> bool:
+    """Control characters, line and paragraph separators (line breaks to YAML) and the
+    noncharacters YAML refuses; surrogates are what undecodable command-line bytes become."""
+    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in "\ufffe\uffff"
+
+
 def text_problem(key: str, value: str) -> str | None:
-    """Free text lands inside Python, TOML and YAML strings: one line, no quotes or backslashes."""
-    if any(ch in value for ch in '"\\\n\r'):
-        return f"{key} {value!r} must be one line without double quotes or backslashes"
-    return None
+    """Free text lands inside Python, TOML and YAML (strings and comments): one line of printable
+    text without double quotes or backslashes."""
+    bad = dict.fromkeys(ch for ch in value if ch in '"\\' or unprintable(ch))
+    if not bad:
+        return None
+    return (
+        f"{key} {shown(value)} contains {', '.join(map(repr, bad))}: use one line of printable "
+        "text without double quotes or backslashes"
+    )
+
+
+def markup_problem(key: str, typed: str, value: str) -> str | None:
+    """`--no-input description='{{ 7*7 }}'` bakes '49': cookiecutter renders answers as Jinja."""
+    answer = typed if any(mark in typed for mark in MARKUP) else value
+    found = [mark for mark in MARKUP if mark in answer]
+    if not found:
+        return None
+    without = ", ".join(map(repr, MARKUP))
+    return f"{key} {shown(answer)} contains the template markup {found[0]!r}; write it without {without}"
 
 
 def email_problem(email: str) -> str | None:
-    if EMAIL.match(email):
-        return None
-    return f"author_email {email!r} is not an e-mail address; use the form name@example.com"
+    """What setuptools accepts when it writes the Author-email metadata, with a dotted domain."""
+    hint = "; use the form name@example.com"
+    text = text_problem("author_email", email)
+    if text:
+        return text
+    if not EMAIL.match(email):
+        return f"author_email {email!r} is not an e-mail address" + hint
+    try:
+        parsed = str(Address(addr_spec=email))
+    except (ValueError, HeaderParseError) as err:
+        return f"author_email {email!r} is not an e-mail address ({str(err).rstrip(')')})" + hint
+    if parsed != email:
+        return f"author_email {email!r} is not an e-mail address (it reads as {parsed!r})" + hint
+    return None
 
 
-def problems(context: Mapping[str, object]) -> list[str]:
-    """All problems with a cookiecutter context (the rendered answers plus private keys)."""
+def problems(context: Mapping[str, object], typed: Mapping[str, object] | None = None) -> list[str]:
+    """All problems with a cookiecutter context (the rendered answers plus private keys); `typed`
+    holds the answers as given, before cookiecutter rendered them."""
+    typed = typed or {}
     torch = f"by torch {context['_torch_version']}"
+    max_length = int(context["_name_max_length"])
     found = [
         name_problem(str(context["project_name"])),
-        slug_problem(str(context["project_slug"])),
-        package_problem(str(context["package_name"])),
+        slug_problem(str(context["project_slug"]), max_length),
+        package_problem(str(context["package_name"]), max_length),
         email_problem(str(context["author_email"])),
         *(text_problem(key, str(context[key])) for key in ("project_name", "description", "author_name")),
+        *(markup_problem(key, str(typed.get(key, context[key])), str(context[key])) for key in FREE_TEXT),
     ]
     for key, allowed in context["_choices"].items():
         what = torch if key in ("python_version", "cuda_version") else "by this template"
         found.append(choice_problem(key, str(context[key]), allowed, what))
     return [p for p in found if p]
+
+
+class CheckAnswers(Extension):
+    """Checks the answers while cookiecutter still holds them (cookiecutter.json's last key).
+
+    cookiecutter creates the project folder, named by project_slug, before any hook runs: a slug
+    like 'a/b' would leave folders behind, and an over-long one crashes in mkdir. This extension
+    gives cookiecutter.json the `checked` filter, which reports every problem first.
+    """
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        environment.filters["checked"] = checked
+
+
+def checked(answers: Mapping[str, object]) -> str:
+    errors = problems(answers)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if errors:
+        # The exception cookiecutter's command line reports in one line, as it does a failed hook.
+        raise FailedHookException("Stopping generation: fix the answers above")
+    return "ok"

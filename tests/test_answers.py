@@ -5,13 +5,21 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
-from answers import PROJECT_IMPORTS, problems
+import yaml
+from answers import dist_key, locked_modules, module_owners, problems
 
 from .conftest import CHOICES, COOKIECUTTER_JSON, TEMPLATE, bake, bake_ok
+
+MAX_NAME = COOKIECUTTER_JSON["_name_max_length"]
+PRINTABLE_HINT = "use one line of printable text without double quotes or backslashes"
 
 REJECTIONS = {
     "empty-project-name": ({"project_name": " "}, "project_name ' ' has no letters or digits"),
@@ -39,6 +47,42 @@ REJECTIONS = {
     "email-space": ({"author_email": "me @example.com"}, "is not an e-mail address"),
     "description-quote": ({"description": 'A "great" model'}, "without double quotes or backslashes"),
     "author-backslash": ({"author_name": "Ada\\Lovelace"}, "without double quotes or backslashes"),
+    # Control characters and line breaks: TOML and YAML refuse them, or YAML splits the line.
+    "name-form-feed": ({"project_name": "A\x0cB"}, "project_name 'A\\x0cB' contains '\\x0c': use one line"),
+    "name-vertical-tab": ({"project_name": "A\x0bB"}, "contains '\\x0b'"),
+    "name-next-line": ({"project_name": "A\x85B"}, "contains '\\x85'"),
+    "description-escape": ({"description": "red \x1b[31m"}, "description 'red \\x1b[31m' contains '\\x1b'"),
+    "description-start-of-heading": ({"description": "a\x01b"}, "contains '\\x01'"),
+    "description-paragraph-separator": ({"description": "a\u2029b"}, "contains '\\u2029'"),
+    "description-tab-and-quote": ({"description": 'a\t"b"'}, "contains '\\t', '\"'"),
+    "author-delete": ({"author_name": "Ada\x7f"}, "author_name 'Ada\\x7f' contains '\\x7f'"),
+    "author-line-separator": ({"author_name": "Ada\u2028Lovelace"}, "contains '\\u2028'"),
+    "author-noncharacter": ({"author_name": "Ada\ufffe"}, "contains '\\ufffe'"),
+    "email-control": ({"author_email": "me\x1b@example.com"}, "author_email 'me\\x1b@example.com' contains"),
+    "email-quote": ({"author_email": 'a"b@c.de'}, "author_email 'a\"b@c.de' contains '\"'"),
+    "email-backslash": ({"author_email": "x\\q@c.de"}, "contains '\\\\': " + PRINTABLE_HINT),
+    # What setuptools refuses (or rewrites) when it writes the Author-email metadata.
+    "email-comma": ({"author_email": "a,b@c.de"}, "author_email 'a,b@c.de' is not an e-mail address"),
+    "email-non-ascii-local-part": ({"author_email": "ü@c.de"}, "contains non-ASCII characters"),
+    "email-comment": ({"author_email": "a(x)@c.de"}, "is not an e-mail address (it reads as 'a@c.de')"),
+    # cookiecutter renders command-line answers as Jinja: '{{ 7*7 }}' would bake as '49'.
+    "description-jinja": ({"description": "{{ 7*7 }}"}, "description '{{ 7*7 }}' contains the template"),
+    "author-jinja-raw": ({"author_name": "{% raw %}x{% endraw %}"}, "contains the template markup '{%'"),
+    # The project folder is named by the slug: it is checked before cookiecutter creates it.
+    "slug-empty": ({"project_slug": ""}, "project_slug is empty"),
+    "slug-too-long": ({"project_slug": "a" * (MAX_NAME + 1)}, f"set a project_slug of at most {MAX_NAME}"),
+    "slug-over-file-name-limit": ({"project_slug": "a" * 300}, "has 300 characters"),
+    "slug-path": ({"project_slug": "a/b"}, "project_slug 'a/b' must be lowercase"),
+    "slug-parent": ({"project_slug": "../up"}, "project_slug '../up' must be lowercase"),
+    "package-too-long": ({"package_name": "a" * (MAX_NAME + 1)}, f"more than {MAX_NAME}"),
+    # Top-level modules of locked dependencies, not only the ones the project imports itself.
+    "package-shadows-joblib": ({"package_name": "joblib"}, "module 'joblib' of the locked dependency joblib"),
+    "package-shadows-jinja2": ({"package_name": "jinja2"}, "of the locked dependency jinja2"),
+    "package-shadows-multipart": ({"package_name": "multipart"}, "of the locked dependency python-multipart"),
+    "package-shadows-pytest-py": ({"package_name": "py"}, "of the locked dependency pytest"),
+    "package-shadows-nvidia": ({"package_name": "nvidia"}, "of the locked dependency nvidia-*"),
+    "package-shadows-cuda": ({"package_name": "cuda"}, "of the locked dependency cuda-*"),
+    "package-shadows-triton": ({"package_name": "triton"}, "of the locked dependency triton"),
 }
 
 
@@ -53,6 +97,7 @@ def test_bad_answer_is_rejected_and_nothing_is_written(tmp_path, answers, messag
         "pre_gen_project hook script didn't exit successfully", ""
     )
     assert list(tmp_path.iterdir()) == [], "a rejected bake must leave no output"
+    assert not (tmp_path.parent / "up").exists()
 
 
 def test_every_problem_is_reported_at_once():
@@ -73,14 +118,63 @@ def test_defaults_pass():
     assert problems(context) == []
 
 
-def test_explicitly_empty_slug_writes_nothing(tmp_path):
-    """cookiecutter itself refuses an empty directory name before any hook runs: still no output."""
-    out = tmp_path / "out"
-    out.mkdir()
-    result = bake(out, project_slug="")
-    assert result.returncode != 0
+def test_a_bad_slug_stops_before_cookiecutter_creates_the_project_folder(tmp_path):
+    """The checks run while cookiecutter collects the answers: one line per problem, no traceback."""
+    result = bake(tmp_path, project_slug="a" * 300)
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
-    assert list(out.iterdir()) == []
+    slug = f"project_slug {'a' * 24!r}... has 300 characters; set a project_slug of at most {MAX_NAME}"
+    assert result.stderr.splitlines()[0] == f"error: {slug}"
+    assert result.stdout.strip() == "Stopping generation: fix the answers above"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("x" * 300, "x" * MAX_NAME),
+        ("Deep Learning " * 20, "deep-learning-" * 4 + "deep"),  # cut between words
+    ],
+    ids=["one-long-word", "words"],
+)
+def test_a_long_project_name_bakes_with_a_capped_slug(tmp_path, name, slug):
+    project = bake_ok(tmp_path, project_name=name, cuda_version="cpu", gpu_check="skip")
+    assert project.name == slug and len(slug) <= MAX_NAME
+    assert (project / "src" / slug.replace("-", "_") / "__init__.py").is_file()
+    assert tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"] == slug
+
+
+HOSTILE_BUT_FINE = {
+    "project_name": "It's #1: {x} & $HOME `id` 100%",
+    "description": "  50% of %(prog)s, {0} and 'quotes' ",
+    "author_name": "O'Neil, Jr. <Ada>",
+    "author_email": "o'neil+ml@example.co.uk",
+}
+
+
+def test_odd_but_printable_answers_bake_into_files_that_parse(tmp_path):
+    """Quotes, %, braces and trailing spaces are kept as typed, and every structured file parses."""
+    project = bake_ok(tmp_path, cuda_version="cpu", gpu_check="skip", **HOSTILE_BUT_FINE)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    assert pyproject["description"] == HOSTILE_BUT_FINE["description"]
+    author = {"name": HOSTILE_BUT_FINE["author_name"], "email": HOSTILE_BUT_FINE["author_email"]}
+    assert pyproject["authors"] == [author]
+    for path in ("env.yml", "docker-compose.yml"):
+        assert yaml.safe_load((project / path).read_text()), path
+    for path in project.rglob("*.py"):
+        ast.parse(path.read_text(), str(path))
+    package = next((project / "src").iterdir()).name
+    # The project's CLI, as `make` runs it; --help imports only the standard library.
+    result = subprocess.run(
+        [sys.executable, "-m", package, "--help"],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project / "src")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert HOSTILE_BUT_FINE["description"].strip() in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -122,7 +216,70 @@ def _top_level_imports(root) -> set[str]:
 def test_reserved_names_cover_every_third_party_import_of_the_project(tmp_path):
     project = bake_ok(tmp_path, package_name="pkg_under_test")
     third_party = _top_level_imports(project) - set(sys.stdlib_module_names) - {"pkg_under_test"}
-    assert third_party <= PROJECT_IMPORTS, f"add to PROJECT_IMPORTS: {third_party - PROJECT_IMPORTS}"
+    missing = {name for name in third_party if name.lower() not in module_owners()}
+    assert not missing, f"add the distributions of {missing} to LOCKED_MODULES in hooks/answers.py"
+
+
+def _pins(lock) -> set[str]:
+    return set(re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", lock.read_text(), re.M))
+
+
+# Run by a project environment's Python: the top-level modules of each installed distribution,
+# from its RECORD (top_level.txt is optional and often missing).
+INSTALLED_MODULES = """
+import importlib.metadata as md, json
+found = {}
+for dist in md.distributions():
+    names = set()
+    for path in dist.files or ():
+        head = path.parts[0]
+        if head in ("..", "__pycache__") or head.endswith((".dist-info", ".data", ".pth")):
+            continue
+        if len(path.parts) == 1 and path.suffix not in (".py", ".so", ".pyd"):
+            continue
+        name = head.split(".")[0] if len(path.parts) == 1 else head
+        if name.isidentifier():
+            names.add(name)
+    found[dist.metadata["Name"]] = sorted(names)
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.slow
+def test_locked_modules_are_what_a_real_environment_installs(cpu_project, project_python):
+    """Every distribution in a real project's locks, and the modules its RECORD installs."""
+    command = [str(project_python), "-c", INSTALLED_MODULES]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    installed = {dist_key(name): modules for name, modules in json.loads(result.stdout).items()}
+    locks = cpu_project / "requirements"
+    pinned = _pins(locks / "prod.txt") | _pins(locks / "dev.txt")
+    assert len(pinned) > 20
+    wrong = {
+        dist_key(dist): tuple(installed[dist_key(dist)])
+        for dist in pinned
+        if sorted(locked_modules(dist) or ()) != installed[dist_key(dist)]
+    }
+    assert not wrong, f"LOCKED_MODULES in hooks/answers.py needs these entries: {wrong}"
+
+
+@pytest.mark.slow
+def test_locked_modules_cover_the_gpu_build_on_every_python(tmp_path):
+    """The locks of the CUDA build (PyPI's Linux torch is the CUDA 13.0 build) on each supported
+    Python pin more than the CPU build's: NVIDIA's wheels, triton, and backports on 3.10."""
+    project = bake_ok(tmp_path, cuda_version=CHOICES["cuda_version"][0], gpu_check="skip")
+    requirements = project / "requirements"
+    missing: dict[str, set[str]] = {}
+    for python in CHOICES["python_version"]:
+        for name in ("prod", "dev"):  # dev.in is constrained by prod.txt
+            command = [shutil.which("uv"), "pip", "compile", "--quiet", "--python-version", python]
+            command += ["--python-platform", "x86_64-manylinux_2_28", f"{name}.in", "-o", f"{name}.txt"]
+            result = subprocess.run(command, cwd=requirements, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stderr
+            unknown = {dist for dist in _pins(requirements / f"{name}.txt") if locked_modules(dist) is None}
+            if unknown:
+                missing[python] = missing.get(python, set()) | unknown
+    assert not missing, f"add to LOCKED_MODULES in hooks/answers.py: {missing}"
+    assert locked_modules("nvidia-cudnn-cu12") == ("nvidia",)  # the CUDA 12.6 build's wheels
 
 
 def test_cuda_choices_match_the_projects_wheel_table():

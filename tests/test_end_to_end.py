@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -444,6 +445,34 @@ def test_check_lock_catches_both_kinds_of_drift(cpu_project):
         and f"tqdm=={tqdm} is locked but not installed: run `make sync`" in result.stderr
     )
     assert run_make(cpu_project, "sync").returncode == 0
+    assert run_make(cpu_project, "check-lock").returncode == 0
+
+
+def test_check_lock_names_a_broken_install(cpu_project):
+    """An emptied .dist-info (an interrupted install), one whose METADATA lacks the name and version,
+    and one whose METADATA cannot be decoded: each is one line naming the folder and the fix."""
+    python = cpu_project / ".venv" / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(ok(run_python(python, cpu_project, "-c", purelib)).strip())
+    broken = {name: site / f"{name}-1.0.dist-info" for name in ("emptied", "nameless", "undecodable")}
+    try:
+        for folder in broken.values():
+            folder.mkdir()
+        (broken["nameless"] / "METADATA").write_text("Metadata-Version: 2.1\nSummary: no name\n")
+        (broken["undecodable"] / "METADATA").write_bytes(b"Name: undecodable\xff\nVersion: 1.0\n")
+        result = run_make(cpu_project, "check-lock")
+    finally:
+        for folder in broken.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    errors = sorted(line for line in result.stderr.splitlines() if line.startswith("error: "))
+    fix = ": delete that folder, then run `make sync` (or `make clean-env env` to rebuild the environment)"
+    assert errors == [
+        f"error: {broken['emptied']} is a broken install (no name and version in its metadata){fix}",
+        f"error: {broken['nameless']} is a broken install (no name and version in its metadata){fix}",
+        f"error: {broken['undecodable']} is a broken install (unreadable metadata: 'utf-8' codec can't "
+        f"decode byte 0xff in position 17: invalid start byte){fix}",
+    ], result.stderr
     assert run_make(cpu_project, "check-lock").returncode == 0
 
 

@@ -1,16 +1,19 @@
-"""The generated project's environment tooling: variant switch, index probe, uv sources, GPU pins."""
+"""The generated project's environment tooling: variant switch, index probe, uv sources, GPU pins,
+the environment's lock."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
 
-from .conftest import CHOICES, bake_ok
+from .conftest import CHOICES, bake_ok, run_make
 
 
 def make_dry(project, *args):
@@ -135,3 +138,48 @@ def test_train_passes_seed_and_resume(cpu_bake):
     assert train_line("SEED=7").endswith("train seed=7")
     assert train_line("RESUME=auto").endswith("train --resume auto")
     assert train_line("CONFIG=other.yaml").endswith("train --config other.yaml")
+
+
+def test_env_lock_waits_for_the_holder_and_leaves_nothing(cpu_bake):
+    """`envtool locked` (what the Makefile wraps environment work in) waits while another holds the
+    lock, says so once, passes the command's exit code through and removes the lock file."""
+    lock = cpu_bake / ".venv.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = subprocess.Popen(
+            [sys.executable, "tools/envtool.py", "locked", ".venv.lock", "sh", "-c", "exit 3"],
+            cwd=cpu_bake,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1)
+        assert waiter.poll() is None, "ran while the lock was held"
+    assert waiter.wait(timeout=30) == 3
+    (line,) = waiter.stderr.read().splitlines()
+    assert line == "waiting for another make to finish with the environment (.venv.lock)"
+    assert not lock.exists()
+
+
+@pytest.mark.slow
+def test_two_first_makes_at_once_share_one_environment(tmp_path):
+    """Two first `make env` at the same moment (two first `make train`): one creates and syncs the
+    environment, the other waits for it and finds it up to date; both succeed."""
+    project = bake_ok(tmp_path, cuda_version="cpu")
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: run_make(project, "env"), range(2)))
+    elapsed = time.monotonic() - started
+    for result in results:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    output = "".join(r.stdout for r in results)
+    assert output.count("Creating .venv") == 1 and output.count("sync --quiet") == 1, output
+    waited = [r for r in results if "waiting for another make to finish with the environment" in r.stderr]
+    assert len(waited) == 1 and "'.venv/.synced' is up to date" in waited[0].stdout, (results, elapsed)
+    assert not (project / ".venv.lock").exists()
+    check = run_make(project, "check-lock")
+    assert check.returncode == 0, check.stderr
+    python = project / ".venv" / "bin" / "python"
+    imported = subprocess.run(
+        [python, "-c", "import torch, digit_classifier"], capture_output=True, text=True, timeout=120
+    )
+    assert imported.returncode == 0, imported.stderr

@@ -14,7 +14,7 @@ from .conftest import PROJECT_ROOT, TASKS, write_native_file
 PACKAGE = "{{ cookiecutter.package_name }}"
 
 
-def run(*args, cwd=PROJECT_ROOT, stdin: bytes | None = None):
+def run(*args, cwd=PROJECT_ROOT, stdin: bytes | None = None, preexec_fn=None):
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
     result = subprocess.run(
         [sys.executable, "-m", PACKAGE, *map(str, args)],
@@ -23,6 +23,7 @@ def run(*args, cwd=PROJECT_ROOT, stdin: bytes | None = None):
         input=stdin,
         capture_output=True,
         timeout=300,
+        preexec_fn=preexec_fn,  # e.g. resource limits in the child
     )
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     return result

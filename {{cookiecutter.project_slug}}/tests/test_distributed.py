@@ -72,6 +72,7 @@ def test_rank_0_alone_writes_the_run(two_processes):
     written = sorted(str(path.relative_to(runs)) for path in runs.rglob("*") if path.is_file())
     checkpoints = [f"{run.name}/checkpoints/epoch-000{epoch}-batch-00000.pt" for epoch in (1, 2, 3)]
     expected = [
+        ".model.pt.lock",  # promotions take turns (files.locked)
         "model.pt",
         *(f"{run.name}/{name}" for name in ("checkpoint.pt", "config.yaml", "curves.png")),
         *checkpoints,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from {{ cookiecutter.package_name }}.checkpoint import read
 from {{ cookiecutter.package_name }}.reproducibility import data_fingerprint, file_sha256, git_state
 
 from .conftest import PROJECT_ROOT, TASKS
@@ -160,6 +161,67 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, task_name, 
     assert result.returncode == 0, result.stderr
     assert f"warning: skipping '{newest}'" in result.stderr
     assert final_weights(tmp_path) == reference
+
+
+def manifest_of(runs_dir) -> dict:
+    (path,) = Path(runs_dir).glob("*/manifest.json")
+    return json.loads(path.read_text())
+
+
+def test_sigkill_after_the_last_epoch_then_resume_finishes_the_run(tmp_path, task_name, reference):
+    """Killed while scoring or promoting: RESUME=auto scores and promotes, and trains nothing again."""
+    args, epochs = (f"task={task_name}", epochs_for(task_name), "seed=3"), EPOCHS.get(task_name, 12)
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path, process, epochs)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert manifest_of(tmp_path)["status"] == "running"
+    result = resume(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert f"(all {epochs} epochs trained: scoring and promoting its model)" in result.stderr
+    manifest = manifest_of(tmp_path)
+    assert manifest["status"] == "complete" and manifest["metrics"]["epochs"] == epochs
+    assert final_weights(tmp_path) == reference
+    assert read(tmp_path / "model.pt")["run"] == manifest["run_id"]
+
+
+def test_sigint_after_the_last_epoch_lets_the_run_finish(tmp_path):
+    args, epochs = (f"task={TASKS[0]}", epochs_for(TASKS[0]), "seed=3"), EPOCHS.get(TASKS[0], 12)
+    process = start(tmp_path, *args)
+    wait_for_epoch(tmp_path, process, epochs)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "finishing the run first" in stderr and "Traceback" not in stderr
+    assert manifest_of(tmp_path)["status"] == "complete"
+    assert read(tmp_path / "model.pt")["run"] == manifest_of(tmp_path)["run_id"]
+
+
+def test_of_overlapping_trainings_the_one_started_last_keeps_the_model(tmp_path):
+    """Both report truthfully; the other run's model stays in its run directory."""
+    task = f"task={TASKS[0]}"
+    first = start(tmp_path, task, epochs_for(TASKS[0]), "seed=3")
+    wait_for_epoch(tmp_path, first, 1)
+    first.send_signal(signal.SIGSTOP)  # paused, so the second, started later, finishes first
+    second = train(tmp_path, task, "optim.epochs=1", "seed=4")
+    first.send_signal(signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    first_run, second_run = sorted(p for p in tmp_path.iterdir() if p.is_dir())  # names sort by start
+    model = tmp_path / "model.pt"
+    assert f"model {model}" in second.stdout
+    assert f"model {first_run / 'checkpoint.pt'}" in stdout
+    assert f"note: not promoted to {model}: run {second_run.name}, started after this one" in stderr
+    assert read(model)["run"] == second_run.name
+    promoted = [
+        json.loads((run / "manifest.json").read_text())["promoted"] for run in (first_run, second_run)
+    ]
+    assert promoted == [False, True]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (model, first_run / "checkpoint.pt", first_run / "manifest.json", first_run / "config.yaml"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
 
 
 class Exploit:

@@ -18,6 +18,7 @@ import pytest
 from {{ cookiecutter.package_name }}.predict import Predictor, read_inputs
 
 from .conftest import PROJECT_ROOT, TASKS, free_port, out_of_range, valid_sample, write_native_file
+from .test_checkpoints import HOSTILE, hostile, unfit_preprocessing
 
 pytestmark = pytest.mark.slow  # starts real servers: run with `make test`, skipped by `-m "not slow"`
 
@@ -312,3 +313,19 @@ def test_serve_refuses_a_model_of_another_task(trained, task_name):
     result = serve_command(f"model_path={trained.model_path}", f"task={other}")
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
     assert f"is a '{task_name}' model but the configured task is '{other}'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["huge-config", "state-is-a-list", "no-preprocessing", "unfit-preprocessing"]
+)
+def test_serve_refuses_a_hostile_model_before_it_listens(trained, tmp_path, name):
+    """Checked before the server starts: not a traceback from uvicorn's worker and exit 3."""
+    if name == "unfit-preprocessing":  # loads, and fails only when run (in the server's warm-up)
+        path, fragment = unfit_preprocessing(trained.model_path, tmp_path), "its model fails on a sample"
+        if path is None:
+            pytest.skip("the task keeps no tensors in its preprocessing")
+    else:
+        path, fragment = hostile(trained.model_path, tmp_path, name), HOSTILE[name][1]
+    result = serve_command("--port", str(free_port()), f"model_path={path}", "device=cpu")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and fragment in result.stderr, result.stderr

@@ -10,14 +10,19 @@ set-variant CUDA          rewrite env.yml's CUDA pin (the one place that holds i
 stamp-lock SOURCE LOCK    record the sha256 of a lock's .in file in the lock (`make lock`)
 check-lock                fail, naming the culprit, when an .in changed since its lock or the
                           environment differs from the locks
+locked LOCKFILE CMD...    run CMD holding an exclusive lock on LOCKFILE (waits for the holder), so that
+                          two `make` runs never create or sync the environment at the same time
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -101,6 +106,28 @@ def stamp_lock(source: str, lock: str) -> int:
     return 0
 
 
+def installed_packages() -> tuple[dict[str, str], list[str]]:
+    """This interpreter's packages (normalized name: version), and a line for each broken install:
+    metadata with no readable name or version (an emptied .dist-info left by an interrupted install)."""
+    installed, broken = {}, []
+    for dist in importlib.metadata.distributions():
+        try:
+            metadata = dist.metadata or {}  # None or empty when METADATA is missing or unreadable
+            name, version = metadata.get("Name"), metadata.get("Version")
+            reason = "no name and version in its metadata"
+        except (OSError, ValueError) as err:  # undecodable, or an I/O error
+            name = version = None
+            reason = f"unreadable metadata: {err}"
+        if name and version:
+            installed[normalize(name)] = version
+        else:
+            broken.append(
+                f"{getattr(dist, '_path', 'a package')} is a broken install ({reason}): delete that "
+                "folder, then run `make sync` (or `make clean-env env` to rebuild the environment)"
+            )
+    return installed, broken
+
+
 def check_lock(root: Path = ROOT) -> int:
     problems, pins = [], {}
     for source in sorted((root / "requirements").glob("*.in")):
@@ -115,7 +142,8 @@ def check_lock(root: Path = ROOT) -> int:
             problems.append(f"{source.relative_to(root)} changed after {where} was locked: run `make lock`")
         pins.update({normalize(name): version for name, version in PIN.findall(text)})
     project = re.search(r'^name = "(.+)"', (root / "pyproject.toml").read_text(), re.M)
-    installed = {normalize(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    installed, broken = installed_packages()
+    problems += broken
     for name, version in sorted(pins.items()):
         if name not in installed:
             problems.append(f"{name}=={version} is locked but not installed: run `make sync`")
@@ -136,6 +164,50 @@ def check_lock(root: Path = ROOT) -> int:
     return 1 if problems else 0
 
 
+def acquire(lock: Path) -> int:
+    """An fd holding an exclusive flock on `lock`, a file that is still at that path.
+
+    The holder deletes the file when done (no stale lock lies around), so a waiter that wakes up on
+    a deleted file retries on the new one; a holder that dies is unlocked by the kernel.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    announced = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not announced:
+                print(f"waiting for another make to finish with the environment ({lock})", file=sys.stderr)
+                announced = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def locked(lock_file: str, *command: str) -> int:
+    lock = Path(lock_file)
+    try:
+        fd = acquire(lock)
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C while waiting: nothing was started
+    except OSError as err:
+        return fail(f"cannot lock {lock} ({err.strerror}); its folder must be writable (see ENV_DIR)")
+    try:
+        child = subprocess.Popen(command)
+        # Ctrl-C reaches the child too: let make clean up and exit, then release the lock.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = child.wait()
+        return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def main(argv: list[str]) -> int:
     commands = {
         "check-index": (check_index, 1),
@@ -143,11 +215,12 @@ def main(argv: list[str]) -> int:
         "set-variant": (set_variant, 1),
         "stamp-lock": (stamp_lock, 2),
         "check-lock": (check_lock, 0),
+        "locked": (locked, 2),  # a lock file and a command, the command of any length
     }
-    if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
+    function, count = commands.get(argv[0] if argv else "", (None, 0))
+    if function is None or len(argv) - 1 < count or (len(argv) - 1 > count and function is not locked):
         print(__doc__, file=sys.stderr)
         return 2
-    function, _ = commands[argv[0]]
     return function(*argv[1:])
 
 

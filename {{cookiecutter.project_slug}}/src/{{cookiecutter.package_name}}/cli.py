@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 from pathlib import Path
 
 from . import __version__
@@ -34,12 +35,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run_training(config, args.overrides, args.resume, progress=not args.no_progress)
     if result is None:  # another rank reports, or the run was already complete
         return 0
-    metrics = result.metrics
+    metrics, promotion = result.metrics, result.promotion
+    model = result.model_path if promotion.promoted else result.run_dir / "checkpoint.pt"
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} ({config.task}) on {metrics['device']}"
         f"{f' x {n} processes' if (n := metrics['processes']) > 1 else ''} "
-        f"in {metrics['seconds']:.1f}s\nrun   {result.run_dir}\nmodel {result.model_path}"
+        f"in {metrics['seconds']:.1f}s\nrun   {result.run_dir}\nmodel {model}"
     )
+    if not promotion.promoted:
+        print(
+            f"note: not promoted to {result.model_path}: run {promotion.other}, started after this one, "
+            "finished first and holds it",
+            file=sys.stderr,
+        )
+    elif promotion.other:
+        print(
+            f"note: replaced the model of run {promotion.other}, which finished while this one trained",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -102,7 +115,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         try:
             named = read_inputs(path, predictor.task)
         except UserError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
+            print(f"{PROG}: error: {one_line(str(err))}", file=sys.stderr)
             failed += 1
             continue
         predictions = predictor.predict(np.stack([sample for _, sample in named]))
@@ -112,7 +125,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 values = (pred.label, pred.name, pred.confidence, pred.probabilities)
                 print(json.dumps({"input": name, **dict(zip(fields, values, strict=True))}))
             else:
-                print(f"{name}: {pred.name} (confidence {pred.confidence:.3f})")
+                print(f"{one_line(name)}: {pred.name} (confidence {pred.confidence:.3f})")
     return 1 if failed else 0
 
 
@@ -129,6 +142,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     load_model(config.model_path, config.task or None)  # a bad model or the wrong task: one line, here
     serve(config)
     return 0
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: control characters (a newline in a file name) escaped as
+    Python writes them, bytes of a file name that did not decode as \\xNN; all else unchanged."""
+    return "".join(_escaped(c) if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else repr(char)[1:-1]
 
 
 def device_arg(spec: str) -> str:
@@ -251,7 +275,8 @@ def add_model_commands(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="{{ cookiecutter.description }}")
+    # argparse %-formats the description (for %(prog)s): the project's own '%' signs are doubled.
+    parser = argparse.ArgumentParser(prog=PROG, description="{{ cookiecutter.description | replace('%', '%%') }}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_training_commands(commands)
@@ -272,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as err:
         if not err.shared or os.environ.get("RANK", "0") == "0":
-            print(f"{PROG}: error: {err}", file=sys.stderr)
+            print(f"{PROG}: error: {one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

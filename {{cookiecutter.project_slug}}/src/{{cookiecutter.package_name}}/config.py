@@ -3,8 +3,12 @@ a YAML file and `section.key=value` overrides change them."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ TRAIN_CONFIG = "configs/train.yaml"
 SERVE_CONFIG = "configs/serve.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds are 0 .. 2**32 - 1
+INT_LIMIT = 2**63  # config ints end up in torch and NumPy, whose integers are 64-bit
 
 
 def option(default: Any, help: str) -> Any:
@@ -86,9 +92,32 @@ class Config:
                 (
                     size % processes == 0,
                     f"data.batch_size={size} does not split evenly among {processes} processes",
-                )
+                ),
+                (
+                    self.seed + processes - 1 <= SEED_MAX,  # each process seeds with seed + its rank
+                    f"seed={self.seed} + {processes - 1} (the last process's rank) is over {SEED_MAX}",
+                ),
             ]
         )
+
+    def check_outputs(self) -> None:
+        """Before training, not after it: the run and the model can be written where the config
+        says. Probed by creating (and removing) a directory; nothing is left behind."""
+        runs_dir, model_path = self.output.runs_dir, self.output.model_path
+        model = Path(model_path)
+        if model.is_dir():
+            raise UserError(
+                f"output.model_path={model_path!r} is a directory; name the model's file (e.g. {MODEL_PATH})"
+            )
+        if model.exists() and not model.is_file():
+            raise UserError(f"output.model_path={model_path!r} exists and is not a regular file")
+        for key, value, folder in (
+            ("output.runs_dir", runs_dir, Path(runs_dir)),
+            ("output.model_path", model_path, model.parent),
+        ):
+            problem = unwritable(folder)
+            if problem:
+                raise UserError(f"{key}={value!r} cannot be written: {problem}")
 
     def validate(self) -> None:
         check_device_spec(self.device)
@@ -100,6 +129,7 @@ class Config:
                     bool(self.task),
                     "no task configured: set `task: <name>` in configs/train.yaml (`tasks` lists them)",
                 ),
+                (0 <= self.seed <= SEED_MAX, f"seed must be 0 to {SEED_MAX}, got {self.seed}"),
                 (self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {choices}"),
                 (0 < data.val_fraction < 1, "data.val_fraction must be between 0 and 1"),
                 (0 < data.test_fraction < 1, "data.test_fraction must be between 0 and 1"),
@@ -111,6 +141,9 @@ class Config:
                 (data.num_workers >= 0, "data.num_workers must be 0 or more"),
                 (optim.epochs > 0, "optim.epochs must be positive"),
                 (optim.lr > 0, "optim.lr must be positive"),
+                (optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
+                (bool(output.runs_dir), "output.runs_dir must name a directory"),
+                (bool(output.model_path), "output.model_path must name a file"),
                 (output.checkpoint_every > 0, "output.checkpoint_every must be positive"),
                 (output.keep_checkpoints > 0, "output.keep_checkpoints must be positive"),
             ]
@@ -138,6 +171,8 @@ class ServeConfig:
         check_device_spec(self.device)
         require(
             [
+                (bool(self.host), "host must name an address, e.g. 127.0.0.1 or 0.0.0.0"),
+                (bool(self.model_path), "model_path must name a model file"),
                 (0 <= self.port <= 65535, "port must be 0-65535"),
                 (self.workers >= 1, "workers must be at least 1"),
                 (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
@@ -149,12 +184,38 @@ class ServeConfig:
         )
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be written in `folder` (created when missing, as the writers do), or None.
+    Probed in the folder, or its nearest existing ancestor, with a directory removed at once."""
+    existing = folder
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{str(existing)!r} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-check-"))
+    except OSError as err:
+        return f"cannot create anything in {str(existing)!r} ({err.strerror})"
+    return None
+
+
 def _coerce(key: str, value: Any, expected: type) -> Any:
-    """Check a value against the field's type; ints are accepted where floats are expected."""
+    """Check a value against the field's type; ints are accepted where floats are expected. Floats
+    must be finite, ints 64-bit, strings free of NUL (no config value means any of those)."""
+    given = value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) < INT_LIMIT else math.inf
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise UsageError(f"config key {key!r} must be {expected.__name__}, got {value!r}")
+        raise UsageError(f"config key {key!r} must be {expected.__name__}, got {given!r}")
+    if expected is float and not math.isfinite(value):
+        raise UsageError(f"config key {key!r} must be a finite number, got {given!r}")
+    if expected is int and not -INT_LIMIT < value < INT_LIMIT:
+        raise UsageError(f"config key {key!r} is out of range, got {given!r}")
+    if expected is str and "\x00" in value:
+        raise UsageError(f"config key {key!r} must not contain a NUL character")
     return value
 
 
@@ -183,10 +244,9 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"override {text!r} must look like section.key=value (e.g. optim.epochs=5)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise UsageError(f"override {text!r}: value is not valid YAML ({err.problem})") from None
+    problem, value = parse_yaml(raw) if raw.strip() else (None, "")
+    if problem:
+        raise UsageError(f"override {text!r}: value is not valid YAML ({problem})")
     nested: dict[str, Any] = {}
     *parents, leaf = key.strip().split(".")
     node = nested
@@ -196,16 +256,58 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {str(path)!r} not found")
+def parse_yaml(text: str) -> tuple[str | None, Any]:
+    """(None, the value), or (what is wrong in one line, None)."""
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return None, yaml.safe_load(text)
+    except RecursionError:  # PyYAML composes nested collections recursively
+        return "nested too deeply", None
     except yaml.YAMLError as err:
-        raise UserError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        return yaml_problem(err, text), None
+
+
+def yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """What is wrong and where: line and column (from 1), and where an unclosed bracket opened."""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    context = getattr(err, "context_mark", None)
+    if context is not None and getattr(err, "context", None):
+        problem += f" ({err.context} at {place(context.line, context.column)})"
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f"{place(mark.line, mark.column)}: {problem}"
+    position = getattr(err, "position", None)  # a ReaderError: a character YAML does not allow
+    if position is not None:
+        line, line_start = text.count("\n", 0, position), text.rfind("\n", 0, position) + 1
+        return f"{place(line, position - line_start)}: {problem}"
+    return problem
+
+
+def place(line: int, column: int) -> str:
+    return f"line {line + 1}, column {column + 1}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path, name = Path(path), repr(str(path))
+    if path.is_dir():
+        raise UserError(f"config file {name} is a directory; give a YAML file (e.g. {TRAIN_CONFIG})")
+    if not path.is_file():
+        raise UserError(f"config file {name} not found")
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except OSError as err:
+        raise UserError(f"config file {name} cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        byte = f"{data[err.start]:#04x}"
+        raise UserError(f"config file {name} is not UTF-8 text: byte {byte} on line {line}") from None
+    problem, values = parse_yaml(text)
+    if problem:
+        raise UserError(f"config file {name} is not valid YAML: {problem}")
+    values = {} if values is None else values  # an empty file, or only comments
     if not isinstance(values, dict):
-        raise UserError(f"config file {str(path)!r} must hold a mapping of sections")
+        kind = type(values).__name__
+        raise UserError(f"config file {name} must hold `section: values` mappings, not a {kind}")
     return values
 
 

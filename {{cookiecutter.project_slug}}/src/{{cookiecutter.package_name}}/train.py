@@ -37,6 +37,7 @@ from .training.distributed import Peers, any_rank, from_main
 from .training.loop import Accumulator, Precision, make_loader, score, train_batches
 from .training.progress import Progress
 from .training.runs import (
+    Promotion,
     Resumable,
     RunDir,
     continue_launch,
@@ -53,6 +54,7 @@ class TrainResult:
     run_dir: Path
     model_path: Path
     metrics: dict
+    promotion: Promotion  # promoted to model_path, or superseded by a training started later
 
 
 class Interrupted(UserError):
@@ -69,11 +71,24 @@ class Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
+class Unfinished(UserError):
+    """A second signal stopped a run after its last epoch, before its model was promoted."""
+
+    shared = True
+
+    def __init__(self, run: RunDir, epochs: int) -> None:
+        super().__init__(
+            f"stopped while finishing run {run.name}: all {epochs} epochs are trained and checkpointed, "
+            "its model is not promoted; `make train RESUME=auto` finishes it"
+        )
+        self.exit_code = 130
+
+
 def train(
     config: Config, peers: Peers | None = None, *, progress: bool = True, resume: Resumable | None = None
 ) -> TrainResult:
     """Train from scratch, or continue the run `resume` belongs to. Every rank of a group calls it."""
-    started, train_seconds = time.perf_counter(), 0.0
+    started, train_seconds = time.time(), 0.0  # wall clock: also when this session began
     parts = setup(config, peers or Peers.alone(config.device))
     run, state = start(parts, resume)
     per_epoch = len(parts.loaders["train"])
@@ -89,7 +104,11 @@ def train(
                 raise Interrupted(report.stop_signal, state.save(run, parts, totals), parts.peers.world_size)
             end_epoch(parts, state, totals, run)
             report.epoch_done(state.epoch, config.optim.epochs, state.history[-1])
-    return finish(parts, state, run, started, train_seconds)
+        report.finishing()
+        try:
+            return finish(parts, state, run, started, train_seconds)
+        except KeyboardInterrupt:
+            raise Unfinished(run, config.optim.epochs) from None
 
 
 def setup(config: Config, peers: Peers) -> Setup:
@@ -158,11 +177,7 @@ def start(parts: Setup, resume: Resumable | None) -> tuple[RunDir, TrainingState
     if peers.main:
         manifest = new_manifest(parts, run) if resume is None else run.read_manifest()
         if resume is not None:
-            where = (
-                f"{resume.checkpoint.name} (epoch {state.epoch + 1}, batch {state.batch})"
-                if resume.payload
-                else "the start"
-            )
+            where = resumed_position(resume, state, config.optim.epochs)
             print(f"resuming run {run.name} from {where}", file=sys.stderr)
             manifest["resumed"].append(
                 {
@@ -175,6 +190,14 @@ def start(parts: Setup, resume: Resumable | None) -> tuple[RunDir, TrainingState
         run.write_config(config.to_dict())
         run.write_manifest(manifest)
     return run, state
+
+
+def resumed_position(resume: Resumable, state: TrainingState, epochs: int) -> str:
+    if not resume.payload:
+        return "the start"
+    if state.epoch >= epochs:
+        return f"{resume.checkpoint.name} (all {epochs} epochs trained: scoring and promoting its model)"
+    return f"{resume.checkpoint.name} (epoch {state.epoch + 1}, batch {state.batch})"
 
 
 def restored_state(parts: Setup, resume: Resumable) -> TrainingState:
@@ -260,15 +283,16 @@ def finish(
         "device": str(parts.device),
         "processes": parts.peers.world_size,
         "precision": parts.config.precision,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(time.time() - started, 2),
         "train_seconds": round(train_seconds, 3),
         "weights_sha256": weights_sha256(parts.model.state_dict()),
     }
-    model_path = Path(parts.config.output.model_path)
+    model_path, metrics = Path(parts.config.output.model_path), {**summary, "history": state.history}
+    promotion = Promotion(False)
     if parts.peers.main:
-        run.finish(model_payload(parts, metrics=summary), {**summary, "history": state.history}, model_path)
+        promotion = run.finish(model_payload(parts, metrics=summary), metrics, model_path, since=started)
     distributed.barrier()  # every rank returns once the model is promoted
-    return TrainResult(run_dir=run.path, model_path=model_path, metrics={**summary, "history": state.history})
+    return TrainResult(run.path, model_path, metrics, promotion)
 
 
 class Plan(NamedTuple):
@@ -283,6 +307,7 @@ class Plan(NamedTuple):
 def plan_start(config: Config, overrides: list[str], target: str | None) -> Plan:
     """RESUME's checkpoint; or, when torchrun restarted the workers or SLURM requeued the job, the
     run this launch began, from its newest good checkpoint; or else a new run."""
+    config.check_outputs()  # an unwritable runs_dir or model_path fails now, not after training
     runs_dir, launch = config.output.runs_dir, distributed.launch_id()
     if distributed.relaunched() and launch and (run := run_of_launch(runs_dir, launch)):
         if run.read_manifest().get("status") == "complete":

@@ -3,7 +3,6 @@ reaches about 98 % in seconds on a CPU, and photos or scans of a digit as input 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +11,11 @@ from torch import nn
 
 from ..config import option, require
 from ..errors import UserError
-from .base import InputSpec, Split, Splits, stratified_splits
+from .base import ImageFiles, InputSpec, Split, Splits, stratified_splits
 
 SIZE, INK_MAX = 8, 16.0
 INK_THRESHOLD = 0.2  # fraction of the strongest ink that counts as part of the digit
+IMAGES = ImageFiles(formats=("PNG", "JPEG"))  # known by their content; no other decoder runs
 
 
 @dataclass
@@ -59,13 +59,13 @@ class DigitCNN(nn.Module):
 
 
 class Digits:
-    """Handwritten digits 0-9 from 8x8 grey levels (PNG/JPEG of any size are scaled to them)."""
+    """Handwritten digits 0-9 from 8x8 grey levels (PNG/JPEG photos and scans are scaled to them)."""
 
     input_spec = InputSpec(
         shape=(SIZE, SIZE), low=0.0, high=INK_MAX, description="grey levels, 0 (background) to 16 (ink)"
     )
     class_names = tuple(str(digit) for digit in range(10))
-    file_types = (".png", ".jpg", ".jpeg")
+    file_types = IMAGES.suffixes
     Options = Options
 
     def load_splits(self, seed: int, val_fraction: float, test_fraction: float) -> Splits:
@@ -82,16 +82,11 @@ class Digits:
         return DigitCNN(options)
 
     def read_file(self, data: bytes, name: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
+        with IMAGES.open(data, name) as image:
+            try:
                 return image_to_sample(image)
-        except (UnidentifiedImageError, OSError) as err:
-            raise UserError(f"{name}: not a readable PNG/JPEG image ({err.__class__.__name__})") from None
-        except ValueError as err:
-            raise UserError(f"{name}: {err}") from None
+            except ValueError as err:
+                raise UserError(f"{name}: {err}") from None
 
 
 def image_to_sample(image) -> np.ndarray:

@@ -14,7 +14,8 @@ class Progress:
     SIGINT and SIGTERM only record a stop request while it is open; the loop ends at the next batch.
     `agree` turns this process's request into the group's decision, so every rank stops together;
     it is a collective, so it is asked every `AGREE_EVERY` batches (on every rank alike), not every batch.
-    Alone, a process stops at the next batch."""
+    Alone, a process stops at the next batch. Once training is done, `finishing()` lets a first
+    signal wait for the run to be finished (seconds); a second one stops it at once."""
 
     AGREE_EVERY = 16
 
@@ -34,11 +35,26 @@ class Progress:
         )
         self.signals: list[int] = []
         self.previous: dict = {}
+        self.finishing_run = False
 
     def __enter__(self) -> Progress:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, lambda signum, frame: self.signals.append(signum))
+            self.previous[sig] = signal.signal(sig, self.request_stop)
         return self
+
+    def request_stop(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+        if self.finishing_run and len(self.signals) > 1:
+            raise KeyboardInterrupt
+        if self.finishing_run:
+            self.finishing()
+
+    def finishing(self) -> None:
+        """From here on, stopping would leave more undone than finishing: a signal waits."""
+        self.finishing_run = True
+        del self.signals[1:]  # requests made while the last batches ran count as one
+        if self.signals:
+            print("finishing the run first (test score, model); signal again to stop now", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():

@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from ..checkpoint import atomic_write_bytes, read, save
+from ..checkpoint import check, read, save
 from ..errors import UserError
+from ..files import atomic_write_bytes, locked
 from ..plots import plot_history
 from ..reproducibility import differences
 
@@ -59,7 +60,8 @@ class RunDir:
         write_json(self.path / "manifest.json", manifest)
 
     def write_config(self, config: dict[str, Any]) -> None:
-        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        text = yaml.safe_dump(config, sort_keys=False)
+        atomic_write_bytes(self.path / "config.yaml", lambda handle: handle.write(text.encode()))
 
     def checkpoints(self) -> list[Path]:
         return sorted((self.path / CHECKPOINTS).glob("*.pt"))
@@ -74,26 +76,63 @@ class RunDir:
         for old in self.checkpoints()[:-keep]:
             old.unlink()
 
-    def finish(self, payload: dict[str, Any], metrics: dict[str, Any], model_path: Path) -> None:
-        """Write the final model, metrics and curves, mark the run complete, then promote its model."""
-        save(self.path / "checkpoint.pt", payload)
+    def finish(
+        self, payload: dict[str, Any], metrics: dict[str, Any], model_path: Path, since: float
+    ) -> Promotion:
+        """Write the final model, metrics and curves, promote the model, then mark the run complete.
+        In that order, a run stopped part-way is still "running" and RESUME=auto finishes it.
+        `since`: when this session of the run began, to notice another training promoting meanwhile."""
+        save(self.path / "checkpoint.pt", {**payload, "run": self.name, "started": since})
         write_json(self.path / "metrics.json", metrics)
         plot_history(metrics["history"], self.path / "curves.png")
+        promotion = promote(self.path / "checkpoint.pt", model_path, since)
         summary = {k: v for k, v in metrics.items() if k != "history"}
         self.write_manifest(
-            {**self.read_manifest(), "status": "complete", "finished": now(), "metrics": summary}
+            {
+                **self.read_manifest(),
+                "status": "complete",
+                "finished": now(),
+                "metrics": summary,
+                "promoted": promotion.promoted,
+            }
         )
-        promote(self.path / "checkpoint.pt", model_path)
+        return promotion
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def promote(checkpoint: Path, model_path: Path) -> None:
-    """Publish a run's checkpoint as the project's model without a half-written file in between."""
-    with checkpoint.open("rb") as source:
-        atomic_write_bytes(model_path, lambda handle: shutil.copyfileobj(source, handle))
+class Promotion(NamedTuple):
+    promoted: bool
+    other: str | None = None  # a run that promoted its model while this one trained
+
+
+def promote(checkpoint: Path, model_path: Path, since: float = 0.0) -> Promotion:
+    """Publish a run's checkpoint as the project's model without a half-written file in between.
+    Publishers take turns (a lock). Of trainings that overlap, the one started last keeps
+    `model_path`, whichever finishes first, as if they had run one after the other; `since` is
+    when this one started."""
+    with locked(model_path):
+        other, other_started = owner_since(model_path, since)
+        if other and other_started > since:
+            return Promotion(False, other)
+        with checkpoint.open("rb") as source:
+            atomic_write_bytes(model_path, lambda handle: shutil.copyfileobj(source, handle))
+    return Promotion(True, other)
+
+
+def owner_since(model_path: Path, since: float) -> tuple[str | None, float]:
+    """The run that published `model_path` after `since`, and when that run started."""
+    try:
+        if model_path.stat().st_mtime < since:
+            return None, 0.0
+        payload = read(model_path)
+    except FileNotFoundError:
+        return None, 0.0
+    except UserError:  # not a model this project wrote: replace it
+        return None, 0.0
+    return str(payload.get("run", "?")), float(payload.get("started", 0.0))
 
 
 def read_training_checkpoint(path: Path) -> dict[str, Any]:
@@ -102,6 +141,7 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
     payload = read(path)
     if payload.get("kind") != "training":
         raise UserError(f"{str(path)!r} is a finished model, not a training checkpoint to resume")
+    check(path, payload)  # its config and weights, as every reader of a checkpoint checks them
     return payload
 
 
@@ -140,7 +180,13 @@ def find_resumable(runs_dir: str | Path, target: str) -> Resumable:
     else:
         path, payload = Path(target), read_training_checkpoint(Path(target))
     run = RunDir.of_checkpoint(path)
-    if run.read_manifest().get("status") == "complete":
+    manifest = run.read_manifest()
+    if path.parent.name != CHECKPOINTS or "config" not in manifest:
+        raise UserError(
+            f"{str(path)!r} is not in a run: a resumable checkpoint is runs/<id>/{CHECKPOINTS}/*.pt "
+            "with its run's manifest.json in runs/<id>/ (`--resume auto` finds the newest)"
+        )
+    if manifest.get("status") == "complete":
         raise UserError(f"run {run.name} is complete; there is nothing to resume")
     return Resumable(run, path, payload)
 
