@@ -153,6 +153,7 @@ def test_evaluate_refuses_a_hostile_checkpoint_in_one_line(trained, tmp_path, na
     assert result.stdout == ""
 
 
+@pytest.mark.slow  # a process per case
 @pytest.mark.parametrize("name", ["huge-config", "state-is-a-list"])
 def test_infer_refuses_a_hostile_checkpoint_in_one_line(trained, task, tmp_path, name):
     sample = tmp_path / "sample.npy"
@@ -163,6 +164,7 @@ def test_infer_refuses_a_hostile_checkpoint_in_one_line(trained, task, tmp_path,
     assert result.stdout == ""
 
 
+@pytest.mark.slow  # a process per case
 def test_a_checkpoint_that_fails_when_run_is_refused_before_use(trained, tmp_path):
     path = unfit_preprocessing(trained.model_path, tmp_path)
     if path is None:
@@ -174,6 +176,7 @@ def outputs(tmp_path):
     return [f"output.runs_dir={tmp_path / 'runs'}", f"output.model_path={tmp_path / 'model.pt'}"]
 
 
+@pytest.mark.slow  # a process per case
 def test_resume_outside_a_run_says_what_a_resumable_checkpoint_is(trained, task_name, tmp_path):
     loose = tmp_path / "loose.pt"
     shutil.copy(sorted((trained.run_dir / "checkpoints").glob("*.pt"))[-1], loose)
@@ -185,6 +188,7 @@ def test_resume_outside_a_run_says_what_a_resumable_checkpoint_is(trained, task_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.pt"], "nothing was written"
 
 
+@pytest.mark.slow  # a process per case
 def test_resume_refuses_a_hostile_training_checkpoint(trained, task_name, tmp_path):
     """The same check as every reader's, on a stopped run's checkpoint (huge config)."""
     run_dir = shutil.copytree(trained.run_dir, tmp_path / "runs" / trained.run_dir.name)

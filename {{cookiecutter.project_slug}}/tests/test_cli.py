@@ -89,6 +89,7 @@ def test_corrupt_model_is_one_line_exit_1(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a process per command
 def test_config_and_tasks_print_what_is_configurable():
     result = run("config", "task=breast_cancer", "optim.epochs=3")
     assert result.returncode == 0, result.stderr

@@ -200,6 +200,7 @@ def test_out_of_range_values_are_usage_errors(tmp_path, override, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # starts a training process
 def test_an_unwritable_runs_dir_is_refused_before_training(tmp_path):
     (tmp_path / "a-file").write_text("")
     result = train_in(tmp_path, "output.runs_dir=/proc/nope")
@@ -210,6 +211,7 @@ def test_an_unwritable_runs_dir_is_refused_before_training(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"], "no run directory was begun"
 
 
+@pytest.mark.slow  # starts a training process
 def test_a_model_path_that_is_a_directory_is_refused_before_training(tmp_path):
     """Not after training, with the run's manifest already saying complete."""
     (tmp_path / "model.pt").mkdir()

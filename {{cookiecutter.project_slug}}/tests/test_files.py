@@ -2,9 +2,11 @@
 writers, and one owner of the promoted model when trainings overlap."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,6 +97,28 @@ def test_of_overlapping_trainings_the_one_started_last_keeps_the_model(tmp_path)
     # A model published before this run started is simply replaced.
     assert promote(first, model, since=time.time() + 60) == (True, None)
     assert temporaries(model.parent) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_users_lock_file_locks_just_as_well():
+    """A container's user promoting into the host's models/, whose lock file the host created."""
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own folders are closed to other users
+    try:
+        folder.chmod(0o777)
+        (folder / ".model.pt.lock").touch(mode=0o644)
+        # Imports as root (the interpreter may live under /root), then acts as user 4242.
+        code = "import os; from pathlib import Path; from {{ cookiecutter.package_name }}.files import locked\n"
+        code += f"os.seteuid(4242)\nwith locked(Path({str(folder / 'model.pt')!r})): print('held')"
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0 and result.stdout == "held\n", result.stderr
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_a_second_signal_while_finishing_stops_at_once(capsys):

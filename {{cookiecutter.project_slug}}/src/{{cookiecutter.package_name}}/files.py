@@ -43,7 +43,8 @@ def remove_stale_temporaries(path: Path) -> None:
     for candidate in path.parent.glob(".*.tmp"):
         match = TEMPORARY.match(candidate.name)
         if match and match["host"] == HOST and not alive(int(match["pid"])):
-            candidate.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # tidying up: another user's file is theirs to remove
+                candidate.unlink()
 
 
 def alive(pid: int) -> bool:
@@ -59,11 +60,12 @@ def alive(pid: int) -> bool:
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside `path` (.<name>.lock) while publishing it; the lock file stays,
-    empty, so a waiting process never locks a file that was just deleted."""
+    empty, so a waiting process never locks a file that was just deleted. Opened read-only: a lock
+    file another user created (the host's, for a container's user) locks just as well."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
