@@ -7,8 +7,9 @@ nothing here is asserted. Goals: bake <= 0.5 s; fresh bake -> model <= 45 s on 2
 the generated train loop within 3 % of a bare PyTorch loop; 2 DDP processes (1 thread each) at
 least 0.9x the samples/s of 1 process (2 threads) at the same global batch; on a GPU, bf16 at least
 1.5x fp32; a code-only image rebuild under 10 % of a full build; the CPU image under 1.3 GB; the
-server at concurrency 64 at least 1.5x the requests/s of a plain FastAPI server (one forward pass
-per request) with a p99 no worse, and at concurrency 1 a p50 within 1 ms of it. The loop and
+server (one worker) at concurrency 64 at least 1.5x the answered requests/s of a plain FastAPI server
+(one forward pass per request), its throughput at concurrency 256 no lower than at 64 with a p99
+bounded by the queue budget, and at concurrency 1 a p50 within 1 ms of the plain server. The loop and
 serving figures are measured for each example task (the digits CNN and the breast-cancer MLP).
 """
 
@@ -174,7 +175,8 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{body}'
 """
-LEVELS = (1, 16, 64)
+LEVELS = (1, 16, 64, 256)
+QUEUE_BUDGET_MS = 100  # max_queue_ms of the generated servers measured here
 
 
 def wait_ready(url: str, process: subprocess.Popen) -> None:
@@ -190,28 +192,37 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
 
 
 def wrk(url: str, script: Path, connections: int) -> dict[str, float]:
+    """Requests/s (all answers, and 2xx only: shed 503s are fast but are not service), p50, p99."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", "-d8s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
     latency = {
-        p: float(v) * scale[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)
+        p: float(v) * scale[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
     }
+    if len(latency) < 2:
+        sys.exit(f"unexpected wrk output:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out)[1])
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+    failed = int(errors[1]) if errors else 0
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "rps": rps,
+        "ok_rps": rps * (total - failed) / max(total, 1),
         "p50": latency["50"],
         "p99": latency["99"],
-        "errors": int(errors[1]) if errors else 0,
+        "errors": failed,
+        "socket_errors": sum(map(int, sockets.groups())) if sockets else 0,
     }
 
 
 def load_servers(project: Path, work: Path, task: str) -> dict[str, dict[int, dict[str, float]]]:
-    """wrk against the naive baseline and the generated server, one after the other, serving the
-    task's model with one real test sample of the task per request."""
+    """wrk against the naive baseline and the generated server (one worker, then `workers: auto`),
+    one after the other, serving the task's model with one real test sample of the task per request."""
     python, model = project / ".venv" / "bin" / "python", project / TASKS[task]
     body = subprocess.run(
         [str(python), "-c", SAMPLE_SCRIPT, task], cwd=project, capture_output=True, text=True, check=True
@@ -220,7 +231,12 @@ def load_servers(project: Path, work: Path, task: str) -> dict[str, dict[int, di
     script.write_text(WRK_SCRIPT.format(body=body))
     uvicorn = ["-m", "uvicorn", "baseline:app", "--log-level", "warning", "--no-access-log"]
     serve = ["-m", "digit_classifier", "serve", "device=cpu", f"model_path={model}"]
-    servers = {"naive baseline": (8791, uvicorn), "generated server": (8792, serve)}
+    serve.append(f"max_queue_ms={QUEUE_BUDGET_MS}")
+    servers = {
+        "naive baseline": (8791, uvicorn),
+        "generated, 1 worker": (8792, [*serve, "workers=1"]),
+        "generated, auto": (8793, [*serve, "workers=auto"]),
+    }
     env = {**os.environ, "MODEL": str(model), "PYTHONPATH": f"{work}{os.pathsep}{project / 'src'}"}
     results: dict[str, dict[int, dict[str, float]]] = {}
     for name, (port, args) in servers.items():
@@ -243,17 +259,27 @@ def load_servers(project: Path, work: Path, task: str) -> dict[str, dict[int, di
 
 
 def print_serving(task: str, results: dict[str, dict[int, dict[str, float]]]) -> None:
-    print(f"\nServing one {task} sample per request, wrk 1 thread, 8 s per level")
-    print(f"  {'server':18s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s}")
+    print(f"\nServing one {task} sample per request, wrk 1 thread, 8 s per level ({os.cpu_count()} cores)")
+    columns = ("req/s", "2xx/s", "p50 ms", "p99 ms", "non-2xx", "sockerr")
+    print(f"  {'server':20s} {'conc':>4s} " + " ".join(f"{c:>8s}" for c in columns))
     for name, levels in results.items():
         for c, r in levels.items():
-            print(f"  {name:18s} {c:4d} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:6d}")
-    ours, base = results["generated server"], results["naive baseline"]
+            print(
+                f"  {name:20s} {c:4d} {r['rps']:8.0f} {r['ok_rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} "
+                f"{r['errors']:8d} {r['socket_errors']:8d}"
+            )
+    one, auto, base = results["generated, 1 worker"], results["generated, auto"], results["naive baseline"]
     print(
-        f"  c=64 throughput ratio {ours[64]['rps'] / base[64]['rps']:.2f}x (goal >= 1.5), "
-        f"p99 {ours[64]['p99']:.1f} vs {base[64]['p99']:.1f} ms (goal: no worse)"
+        f"  c=64 2xx/s, 1 worker vs naive: {one[64]['ok_rps'] / base[64]['ok_rps']:.2f}x (goal >= 1.5); "
+        f"auto workers vs 1: {auto[64]['ok_rps'] / one[64]['ok_rps']:.2f}x"
     )
-    print(f"  c=1 p50 difference {ours[1]['p50'] - base[1]['p50']:+.2f} ms (goal within 1 ms)")
+    for name, r in (("1 worker", one), ("auto", auto)):
+        print(
+            f"  {name}: c=256 2xx/s / c=64 2xx/s = {r[256]['ok_rps'] / r[64]['ok_rps']:.2f} (goal >= 1); "
+            f"c=256 p99 {r[256]['p99']:.0f} ms (goal: bounded by max_queue_ms={QUEUE_BUDGET_MS} plus a pass)"
+        )
+    difference = one[1]["p50"] - base[1]["p50"]
+    print(f"  c=1 p50 difference, 1 worker - naive: {difference:+.2f} ms (goal within 1 ms)")
 
 
 def serving_figures(project: Path, work: Path, env: dict) -> None:

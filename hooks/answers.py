@@ -36,6 +36,7 @@ LOCKED_MODULES: dict[str, tuple[str, ...]] = {
     "fonttools": ("fontTools",),
     "fsspec": ("fsspec",),
     "h11": ("h11",),
+    "httptools": ("httptools",),
     "idna": ("idna",),
     "importlib-metadata": ("importlib_metadata",),
     "iniconfig": ("iniconfig",),
@@ -45,6 +46,7 @@ LOCKED_MODULES: dict[str, tuple[str, ...]] = {
     "markupsafe": ("markupsafe",),
     "matplotlib": ("matplotlib", "mpl_toolkits", "pylab"),
     "mpmath": ("mpmath",),
+    "msgspec": ("msgspec",),
     "narwhals": ("narwhals",),
     "networkx": ("networkx",),
     "numpy": ("numpy",),
@@ -81,6 +83,7 @@ LOCKED_MODULES: dict[str, tuple[str, ...]] = {
     "typing-inspection": ("typing_inspection",),
     "tzdata": ("tzdata",),
     "uvicorn": ("uvicorn",),
+    "uvloop": ("uvloop",),
     "wheel": ("wheel",),
     "zipp": ("zipp",),
 }

@@ -3,6 +3,7 @@ take their valid and invalid inputs from the task's input spec, so a new task is
 
 import csv
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for(condition, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
 
 
 def task_config(task_name: str, out: Path, *overrides: str):

@@ -14,8 +14,7 @@ from numpy.lib import format as npy_format
 from PIL import EpsImagePlugin, Image, ImageFile
 
 from {{ cookiecutter.package_name }} import predict
-from {{ cookiecutter.package_name }}.cli import one_line
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }}.errors import UserError, one_line
 from {{ cookiecutter.package_name }}.predict import Predictor, read_inputs, read_limited
 from {{ cookiecutter.package_name }}.tasks import base, get_task
 from {{ cookiecutter.package_name }}.tasks.digits import IMAGES

@@ -10,12 +10,11 @@ import argparse
 import json
 import os
 import sys
-import unicodedata
 from pathlib import Path
 
 from . import __version__
 from .config import MODEL_PATH, SERVE_CONFIG, TRAIN_CONFIG, ServeConfig, check_device_spec, load_config
-from .errors import UsageError, UserError
+from .errors import UsageError, UserError, one_line
 from .gpu.__main__ import add_arguments as add_gpu_arguments
 from .gpu.__main__ import process_count
 from .gpu.__main__ import run as cmd_gpu_check
@@ -137,22 +136,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not Path(config.model_path).is_file():
         raise UserError(f"no model at {config.model_path!r} to serve; train one first with `make train`")
     from .checkpoint import load_model
-    from .serve import serve
+    from .serving.server import serve
 
     load_model(config.model_path, config.task or None)  # a bad model or the wrong task: one line, here
     serve(config)
     return 0
-
-
-def one_line(text: str) -> str:
-    """`text` as one printable line: control characters (a newline in a file name) escaped as
-    Python writes them, bytes of a file name that did not decode as \\xNN; all else unchanged."""
-    return "".join(_escaped(c) if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in text)
-
-
-def _escaped(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else repr(char)[1:-1]
 
 
 def device_arg(spec: str) -> str:
@@ -259,7 +247,7 @@ def add_model_commands(commands) -> None:
     serve.add_argument("--config", default=SERVE_CONFIG, help=f"YAML config (default: {SERVE_CONFIG})")
     serve.add_argument("--host", help="address to bind (default from the config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default from the config: 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (default from the config: 1)")
+    serve.add_argument("--workers", help="worker processes: auto (one per CPU core, 2 per GPU) or a number")
     serve.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     serve.set_defaults(handler=cmd_serve)
 

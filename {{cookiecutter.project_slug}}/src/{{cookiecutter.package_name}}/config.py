@@ -22,6 +22,7 @@ TRAIN_CONFIG = "configs/train.yaml"
 SERVE_CONFIG = "configs/serve.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+WORKERS = re.compile(r"^(auto|[1-9]\d{0,3})$")
 SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds are 0 .. 2**32 - 1
 INT_LIMIT = 2**63  # config ints end up in torch and NumPy, whose integers are 64-bit
 
@@ -154,14 +155,18 @@ class Config:
 class ServeConfig:
     host: str = option("127.0.0.1", "address to bind; 0.0.0.0 serves other machines")
     port: int = option(8000, "TCP port")
-    workers: int = option(1, "processes; each loads the model and batches on its own")
+    workers: str = option("auto", "processes, each with the model: auto = one per CPU core, or 2 per GPU")
     model_path: str = option(MODEL_PATH, "the model to serve; its checkpoint names its task")
     task: str = option("", "refuse a model of any other task; empty: serve whatever the model is")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     max_batch_size: int = option(64, "samples in one forward pass")
     max_wait_ms: float = option(0.0, "extra wait for a fuller batch; 0: batch what queued meanwhile")
-    max_request_samples: int = option(256, "larger requests get 413")
-    max_body_bytes: int = option(1_048_576, "larger bodies and uploads get 413")
+    max_request_samples: int = option(256, "larger requests get 413; over max_batch_size: several passes")
+    max_body_bytes: int = option(1_048_576, "larger bodies and uploads get 413, before they are read")
+    max_queue_samples: int = option(256, "samples waiting for the model; past it, 503 with Retry-After")
+    max_queue_ms: float = option(100.0, "a request queued this long is dropped with 503, not run late")
+    client_timeout_s: float = option(10.0, "to send a request's headers, and its body; slower: closed")
+    max_connections: int = option(0, "open connections per worker (0: the open-files limit less a reserve)")
     graceful_timeout_s: float = option(10.0, "in-flight requests get this long to finish on SIGTERM")
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,11 +179,15 @@ class ServeConfig:
                 (bool(self.host), "host must name an address, e.g. 127.0.0.1 or 0.0.0.0"),
                 (bool(self.model_path), "model_path must name a model file"),
                 (0 <= self.port <= 65535, "port must be 0-65535"),
-                (self.workers >= 1, "workers must be at least 1"),
+                (WORKERS.fullmatch(self.workers) is not None, "workers must be auto or a number from 1"),
                 (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
                 (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
                 (self.max_request_samples >= 1, "max_request_samples must be at least 1"),
                 (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
+                (self.max_queue_samples >= 1, "max_queue_samples must be at least 1"),
+                (self.max_queue_ms > 0, "max_queue_ms must be positive"),
+                (self.client_timeout_s > 0, "client_timeout_s must be positive"),
+                (self.max_connections >= 0, "max_connections must be 0 (automatic) or more"),
                 (self.graceful_timeout_s >= 0, "graceful_timeout_s must be 0 or more"),
             ]
         )
@@ -205,6 +214,8 @@ def _coerce(key: str, value: Any, expected: type) -> Any:
     given = value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value) if abs(value) < INT_LIMIT else math.inf
+    if expected is str and type(value) is int:  # `workers: 2` beside `workers: auto`
+        value = str(value)
     if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         with contextlib.suppress(ValueError):
             value = float(value)

@@ -108,19 +108,6 @@ class InputSpec:
             raise UserError(f"{source}: values beyond float32's range")
         return array.astype(np.float32)
 
-    def from_json(self, inputs: Any, source: str = "inputs") -> np.ndarray:
-        """A JSON list of samples, each a nested list of numbers of exactly `shape`."""
-        expected = f"{source} must be a list of samples, each {self.sample_text()}"
-        if not isinstance(inputs, list) or _has_bool(inputs):
-            raise UserError(expected)
-        try:
-            array = np.array(inputs, dtype=np.float64)
-        except (ValueError, TypeError) as err:  # ragged nesting, strings, nulls
-            raise UserError(expected) from err
-        if array.shape[1:] != self.shape:
-            raise UserError(expected)
-        return self.validate(array, source)
-
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of one sample: nested arrays of numbers within the range."""
         schema: dict[str, Any] = {"type": "number"}
@@ -131,12 +118,6 @@ class InputSpec:
         for size in reversed(self.shape):
             schema = {"type": "array", "minItems": size, "maxItems": size, "items": schema}
         return schema
-
-
-def _has_bool(value: Any) -> bool:
-    if isinstance(value, list):
-        return any(_has_bool(item) for item in value)
-    return isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The HTTP inference server. `server` starts it; `app` is the FastAPI application."""
