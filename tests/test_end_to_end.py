@@ -344,7 +344,8 @@ def test_tabular_task_served(cpu_project, project_python, tabular):
                 "malformed": b'{"inputs": [[1, 2',
             },
         )
-    assert errors["wrong length"] == (422, "inputs must be a list of samples, each a list of 30 numbers")
+    expected = "inputs must be a list of samples, each a list of 30 numbers (inputs[0]: Expected `array`"
+    assert errors["wrong length"][0] == 422 and errors["wrong length"][1].startswith(expected), errors
     assert errors["negative"][0] == 422 and "values must be >= 0" in errors["negative"][1]
     assert errors["string"][0] == errors["empty"][0] == 422
     assert errors["NaN literal"][0] == errors["malformed"][0] == 400
@@ -395,7 +396,8 @@ def test_a_task_is_one_file_and_one_config_line(iris_project):
                 "out of range": {"inputs": [[5.1, 3.5, 1.4, 11]]},
             },
         )
-    assert errors["wrong length"] == (422, "inputs must be a list of samples, each a list of 4 numbers")
+    expected = "inputs must be a list of samples, each a list of 4 numbers (inputs[0]: Expected `array`"
+    assert errors["wrong length"][0] == 422 and errors["wrong length"][1].startswith(expected), errors
     assert errors["out of range"][0] == 422 and "values must be in [0, 10]" in errors["out of range"][1]
 
 

@@ -371,7 +371,7 @@ def add_predictions(
         except UserError as err:
             raise ClientError(422, str(err)) from None
         except Busy as err:
-            raise Overloaded("decode", f"server busy: {err}; retry shortly", 1) from None
+            raise state["batcher"].shed("decode", str(err)) from None
         if len(named) > config.max_request_samples:
             raise ClientError(413, f"{len(named)} samples is over the limit of {config.max_request_samples}")
         samples = np.stack([sample for _, sample in named])

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import ServeConfig
 from ..predict import Prediction
 
-REASONS = ("queue_full", "queue_timeout", "disconnected")  # the shed-requests metric's labels
+REASONS = ("queue_full", "queue_timeout", "disconnected", "decode")  # the shed-requests metric's labels
 SHEDDING_WINDOW_S = 1.0  # /ready reports shedding for this long after the last 503
 
 
@@ -115,11 +115,11 @@ class MicroBatcher:
         # An empty queue takes any request (at most max_request_samples): refusing it would be final.
         if self.jobs and self.queued + count > self.max_queue:
             text = f"{self.queued} samples queued, {count} more would pass max_queue_samples={self.max_queue}"
-            raise self._shed("queue_full", text)
+            raise self.shed("queue_full", text)
         waited = self._oldest_wait(now)
         if waited > self.budget:  # the model is behind: this request would only time out in the queue
             text = f"a request has waited {waited * 1000:.0f} ms, over max_queue_ms={self.budget_ms:g}"
-            raise self._shed("queue_timeout", text)
+            raise self.shed("queue_timeout", text)
         job = Job(samples, asyncio.get_running_loop().create_future(), now)
         self.jobs.append(job)
         self._count_queued(count)
@@ -134,7 +134,8 @@ class MicroBatcher:
         oldest = self.jobs[0] if not self.jobs[0].taken else (self.jobs[1] if len(self.jobs) > 1 else None)
         return now - oldest.arrived if oldest is not None else 0.0
 
-    def _shed(self, reason: str, text: str) -> Overloaded:
+    def shed(self, reason: str, text: str) -> Overloaded:
+        """The 503 for a request refused for want of capacity, counted, and shown by /ready."""
         self.metrics["shed"].labels(reason).inc()
         self.last_shed, self.last_reason = time.monotonic(), text
         retry_after = min(60, max(1, math.ceil(self.queued / self.rate))) if self.rate else 1
@@ -227,7 +228,7 @@ class MicroBatcher:
         self._withdraw(job)
         waited = (time.monotonic() - job.arrived) * 1000
         text = f"queued {waited:.0f} ms without reaching the model, over max_queue_ms={self.budget_ms:g}"
-        job.future.set_exception(self._shed("queue_timeout", text))
+        job.future.set_exception(self.shed("queue_timeout", text))
 
     def _measure(self, samples: int, seconds: float) -> None:
         rate = samples / max(seconds, 1e-6)

@@ -50,11 +50,9 @@ def open_files_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
+        with contextlib.suppress(ValueError, OSError):  # over the kernel's nr_open, or not allowed
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
-        except (ValueError, OSError):  # above the kernel's nr_open, or not allowed: keep the soft limit
-            pass
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 

@@ -57,20 +57,19 @@ def cpu_count() -> int:
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """This process's cgroup CPU quota in cores (cgroup v2's cpu.max, else v1's CFS quota), or None
-    where there is none."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]  # "max 100000" or "150000 100000"
-    except (OSError, ValueError):
-        try:
-            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()  # -1: no quota
-            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
-    try:
-        cores = int(quota) / int(period)
-    except (ValueError, ZeroDivisionError):  # "max": no quota
+    where there is none ("max" in v2, -1 in v1)."""
+    v1 = root / "cpu"
+    quota = fields(root / "cpu.max") or fields(v1 / "cpu.cfs_quota_us") + fields(v1 / "cpu.cfs_period_us")
+    if len(quota) < 2 or not (quota[0].isdigit() and quota[1].isdigit()) or int(quota[1]) == 0:
         return None
-    return cores if cores > 0 else None
+    return int(quota[0]) / int(quota[1]) or None
+
+
+def fields(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
 
 
 def worker_count(config: ServeConfig) -> int:
