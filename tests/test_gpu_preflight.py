@@ -204,6 +204,18 @@ SCENARIOS = {
         "",
         ("warn", {"visible_devices": "warn"}, {"visible_devices": "training will run on the CPU"}, None),
     ),
+    "index-matching-no-gpu-fails": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [H100]},
+        "7",
+        ("fail", {"visible_devices": "fail"}, {"visible_devices": "'7' matches no GPU here"}, None),
+    ),
+    "uuid-matching-no-gpu-fails": (
+        "13.0",
+        {**NEW_DRIVER, "gpus": [H100]},
+        "GPU-ffff",
+        ("fail", {"visible_devices": "fail"}, {"visible_devices": "nvidia-smi -L"}, None),
+    ),
     "minus-one-hides-all": (
         "13.0",
         {**NEW_DRIVER, "gpus": [H100]},
@@ -497,6 +509,18 @@ def test_human_output_names_the_fix(gpu_project, project_python, nvml_stub, tmp_
     assert "FAIL  arch" in result.stdout
     assert "This machine fits cuda_version 12.6: `make variant CUDA=12.6`" in result.stdout
     assert "\033[" not in result.stdout, "no colour when stdout is not a terminal"
+
+
+def test_only_a_build_problem_is_blamed_on_the_build(gpu_project, project_python, nvml_stub, tmp_path):
+    """A variable that hides the GPU by mistake fails as itself; the build that fits is not doubted.
+    A GPU no build supports still says so."""
+    env = machine_env(tmp_path, nvml_stub, {**NEW_DRIVER, "gpus": [H100]}, "GPU-ffff")
+    result = gpu_check(gpu_project, project_python, env, "--cuda", "13.0")
+    assert result.returncode == 1 and "FAIL  visible_devices" in result.stdout, result.stdout
+    assert "wheel build" not in result.stdout and "PASS  driver" in result.stdout, result.stdout
+    env = machine_env(tmp_path, nvml_stub, {**NEW_DRIVER, "gpus": [ORIN]}, None)
+    result = gpu_check(gpu_project, project_python, env, "--cuda", "13.0")
+    assert result.returncode == 1 and "No wheel build of this project fits" in result.stdout, result.stdout
 
 
 def test_project_build_comes_from_env_yml(gpu_project, project_python, nvml_stub, tmp_path):

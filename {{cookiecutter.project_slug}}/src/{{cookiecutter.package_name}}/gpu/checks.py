@@ -20,6 +20,7 @@ from .snapshot import Gpu, Snapshot, collect
 from .visible import Visible, visible_devices
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
+BUILD_CHECKS = frozenset({"driver", "cuda_compat", "arch"})  # a failure here is the wheel build's
 INTEGRATED = {(5, 3), (6, 2), (7, 2), (8, 7)}  # Jetson parts: only their exact architecture runs
 SHM_MINIMUM = 2**30
 TOOLKIT_DOCS = "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
@@ -235,9 +236,17 @@ def check_visible_devices(snapshot: Snapshot, visible: Visible, env: Mapping[str
         )
     seen = ", ".join(f"{g.index} ({g.name})" for g in visible.gpus) or "no GPU"
     message = f"CUDA_VISIBLE_DEVICES={visible.raw!r}: the job sees {seen}"
+    hidden = not visible.gpus and bool(snapshot.gpus)
+    if hidden and not hides_on_purpose(visible.raw):  # a mistyped index or UUID: the GPU build idles
+        return Check(
+            "visible_devices",
+            FAIL,
+            f"{message}; {visible.ignored}: name a GPU by index (0 to {len(snapshot.gpus) - 1}) or by a "
+            "UUID from `nvidia-smi -L`, or unset the variable",
+        )
     if visible.ignored:
         return Check("visible_devices", WARN, f"{message}; {visible.ignored}")
-    if not visible.gpus and snapshot.gpus:
+    if hidden:
         return Check("visible_devices", WARN, f"{message}: training will run on the CPU")
     names = {g.name for g in snapshot.gpus}
     if visible.uses_indices and len(names) > 1 and env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
@@ -248,6 +257,12 @@ def check_visible_devices(snapshot: Snapshot, visible: Visible, env: Mapping[str
             "set CUDA_DEVICE_ORDER=PCI_BUS_ID or select by UUID",
         )
     return Check("visible_devices", PASS, message)
+
+
+def hides_on_purpose(raw: str) -> bool:
+    """An empty value or one starting with a negative index (`-1`): the usual ways to hide every GPU."""
+    first = raw.split(",")[0].strip()
+    return not first or (first.startswith("-") and first[1:].isdigit())
 
 
 def _plural(count: int, noun: str, plural: str | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .checks import FAIL, PASS, WARN, Report, cuda_text
+from .checks import BUILD_CHECKS, FAIL, PASS, WARN, Report, cuda_text
 
 COLOURS = {PASS: "\033[32m", WARN: "\033[33m", FAIL: "\033[31m"}
 RESET = "\033[0m"
@@ -40,6 +40,12 @@ def use_colour(stream) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+def build_problem(report: Report) -> bool:
+    """Whether a check of the wheel build itself (driver, CUDA, architectures) did not pass: only then
+    does the report speak of other builds."""
+    return any(c.id in BUILD_CHECKS and c.status != PASS for c in report.checks)
+
+
 def render_text(report: Report, colour: bool | None = None) -> str:
     colour = use_colour(sys.stdout) if colour is None else colour
 
@@ -57,7 +63,7 @@ def render_text(report: Report, colour: bool | None = None) -> str:
     fit = report.recommendation
     if fit and fit != report.build.cuda:
         lines.append(f"  This machine fits cuda_version {fit}: `make variant CUDA={fit}`")
-    elif snapshot.cuda_driver_version and report.status != PASS and report.recommendation is None:
+    elif snapshot.cuda_driver_version and report.recommendation is None and build_problem(report):
         cuda = cuda_text(snapshot.cuda_driver_version)
         lines.append(f"  No wheel build of this project fits driver CUDA {cuda} and these GPUs.")
     return "\n".join(lines)
