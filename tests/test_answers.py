@@ -159,7 +159,7 @@ def test_odd_but_printable_answers_bake_into_files_that_parse(tmp_path):
     assert pyproject["description"] == HOSTILE_BUT_FINE["description"]
     author = {"name": HOSTILE_BUT_FINE["author_name"], "email": HOSTILE_BUT_FINE["author_email"]}
     assert pyproject["authors"] == [author]
-    for path in ("env.yml", "docker-compose.yml"):
+    for path in ("env.yml", "docker-compose.yml", "compose.gpu.yaml"):
         assert yaml.safe_load((project / path).read_text()), path
     for path in project.rglob("*.py"):
         ast.parse(path.read_text(), str(path))

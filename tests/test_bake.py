@@ -30,6 +30,9 @@ EXPECTED_FILES = [
     "pyproject.toml",
     ".gitignore",
     ".cruft.json",
+    ".env",
+    "docker-compose.yml",
+    "compose.gpu.yaml",
     "requirements/prod.in",
     "requirements/dev.in",
     "configs/train.yaml",
@@ -137,6 +140,10 @@ def test_structured_files_parse(baked):
     env = yaml.safe_load((project / "env.yml").read_text())
     assert env["name"] == project.name
     yaml.safe_load((project / "configs" / "train.yaml").read_text())
+    dotenv = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines()[1:])
+    assert (
+        dotenv["PYTHON_VERSION"] == options.get("python_version", "3.11") and dotenv["IMAGE"] == project.name
+    )
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["requires-python"] == f">={options.get('python_version', '3.11')}"
     cruft = json.loads((project / ".cruft.json").read_text())

@@ -30,7 +30,8 @@ from .containers import (
 )
 
 BIN = Path(sys.executable).parent
-COMPOSE_ENV = {"PYTHON_VERSION": "3.11", "TORCH_INDEX_URL": "", "DOCKER_UID": "1000", "DOCKER_GID": "1000"}
+# The IDs the container runs as: the user's, or 1000 for root (as the Makefile decides).
+DOCKER_IDS = ("1000", "1000") if os.getuid() == 0 else (str(os.getuid()), str(os.getgid()))
 TABULAR_MODEL = "models/breast_cancer.pt"
 # argv[1] <- three malignant and three benign tumours of scikit-learn's data, as CSV with its header.
 TUMOUR_ROWS = """
@@ -60,53 +61,66 @@ def test_hadolint_clean(variant):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def compose_config(project: Path, **env: str) -> subprocess.CompletedProcess:
+COMPOSE_FILES = ("docker-compose.yml", "compose.gpu.yaml")
+COMPOSE_VARIABLES = ("PYTHON_VERSION", "TORCH_INDEX_URL", "IMAGE", "DOCKER_UID", "DOCKER_GID", "GPU_COUNT")
+
+
+def compose_config(project: Path, *files: str, **env: str) -> subprocess.CompletedProcess:
+    """`docker-compose config` as a user would run it in the project: no compose variable exported
+    (they come from the project's .env), `env` aside."""
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose is not installed (make test installs Debian's docker-compose)")
+    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
     return subprocess.run(
-        ["docker-compose", "config"],
+        ["docker-compose", *(arg for name in files for arg in ("-f", name)), "config"],
         cwd=project,
         capture_output=True,
         text=True,
-        env={**os.environ, **COMPOSE_ENV, **env},
+        env={**clean, **env},
     )
 
 
-def test_compose_config_accepts_it_with_gpu_reservations_per_build(variant):
-    cuda, project = variant
+def reservations(services: dict) -> dict[str, list]:
+    """Each service's GPU device reservations (empty: none)."""
+    return {
+        name: service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        for name, service in services.items()
+    }
+
+
+def test_compose_works_on_its_own_and_gpus_come_from_the_overlay(variant):
+    _, project = variant
     result = compose_config(project)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
+    assert services.keys() == {"train", "infer", "serve", "gpu-check"}
     for name, service in services.items():
         assert service["shm_size"] in ("2gb", "2g", 2147483648), name
-        assert service["user"] == "1000:1000"
-        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
-        gpu = cuda != "cpu" and not name.endswith("-cpu")
-        assert bool(devices) == gpu, name
-        if gpu:
-            assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
-    assert {"train", "infer", "gpu-check"} <= services.keys()
-    if cuda != "cpu":
-        assert {"train-cpu", "infer-cpu"} <= services.keys()
-        two = yaml.safe_load(compose_config(project, GPU_COUNT="2").stdout)["services"]["train"]
-        assert two["deploy"]["resources"]["reservations"]["devices"][0]["count"] in (2, "2")
+        assert service["user"] == f"{DOCKER_IDS[0]}:{DOCKER_IDS[1]}", name
+        assert service["build"]["args"]["PYTHON_VERSION"] == "3.11", name
+    assert not any(reservations(services).values()), "the base file is the same for every build"
     assert "/app/models" not in json.dumps(services["infer"].get("volumes", [])), (
         "infer uses the baked weights"
     )
+    gpu = compose_config(project, *COMPOSE_FILES, GPU_COUNT="2")
+    assert gpu.returncode == 0, gpu.stderr
+    for name, devices in reservations(yaml.safe_load(gpu.stdout)["services"]).items():
+        assert devices and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"], name
+        assert devices[0]["count"] in (2, "2"), name
 
 
 def test_compose_config_rejects_a_typo(tmp_path):
     broken = bake_ok(tmp_path, cuda_version="13.0", gpu_check="skip")
-    path = broken / "docker-compose.yml"
+    path = broken / "compose.gpu.yaml"
     path.write_text(path.read_text().replace("capabilities:", "capabilites:"))
-    result = compose_config(broken)
+    result = compose_config(broken, *COMPOSE_FILES)
     assert result.returncode != 0 and "capabilites" in result.stderr
 
 
 def test_compose_schema(variant):
     _, project = variant
     result = subprocess.run(
-        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *COMPOSE_FILES],
         cwd=project,
         capture_output=True,
         text=True,
@@ -114,15 +128,50 @@ def test_compose_schema(variant):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_without_make_names_the_missing_setting(variant):
+def test_compose_without_its_env_file_names_the_fix(variant):
     _, project = variant
-    if shutil.which("docker-compose") is None:
-        pytest.skip("docker-compose is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHON_VERSION"}
-    result = subprocess.run(
-        ["docker-compose", "config"], cwd=project, capture_output=True, text=True, env=env
-    )
-    assert result.returncode != 0 and "PYTHON_VERSION" in result.stderr and "set by make" in result.stderr
+    dotenv = project / ".env"
+    saved = dotenv.read_text()
+    dotenv.unlink()
+    try:
+        result = compose_config(project)
+        assert result.returncode != 0 and "PYTHON_VERSION" in result.stderr and "make .env" in result.stderr
+    finally:
+        dotenv.write_text(saved)
+
+
+def test_files_differ_across_builds_only_where_the_build_is_stated(tmp_path):
+    """Nothing about CPU vs GPU is rendered outside env.yml: the Makefile and compose decide at run
+    time, so `make variant` is the whole switch."""
+    cpu, gpu = (bake_ok(tmp_path / cuda, cuda_version=cuda, gpu_check="skip") for cuda in ("cpu", "13.0"))
+    files = {str(p.relative_to(cpu)) for p in cpu.rglob("*") if p.is_file()}
+    assert files == {str(p.relative_to(gpu)) for p in gpu.rglob("*") if p.is_file()}
+    differ = {name for name in files if (cpu / name).read_bytes() != (gpu / name).read_bytes()}
+    assert differ == {"env.yml", ".env", ".cruft.json", "README.md"}
+    readmes = [(project / "README.md").read_text().splitlines() for project in (cpu, gpu)]
+    changed = [(a, b) for a, b in zip(*readmes, strict=True) if a != b]
+    assert len(changed) == 1 and "(CPU build)" in changed[0][0] and "(CUDA 13.0 build)" in changed[0][1]
+
+
+def test_a_variant_switch_carries_through_to_the_containers(tmp_path):
+    """`make variant` re-locks with the new build's index (here unreachable: it fails fast naming it),
+    and every container target and .env follow env.yml; back on the CPU build, no GPU is reserved."""
+    project = bake_ok(tmp_path, cuda_version="cpu", gpu_check="skip")
+    for cuda, index in (("13.0", "cu130"), ("cpu", "cpu")):
+        result = subprocess.run(
+            ["make", "variant", f"CUDA={cuda}"], cwd=project, capture_output=True, text=True
+        )
+        assert f"cannot reach the PyTorch index https://download.pytorch.org/whl/{index}" in result.stderr
+        assert f"TORCH_INDEX_URL=https://download.pytorch.org/whl/{index}" in (project / ".env").read_text()
+        dry = subprocess.run(["make", "-n", "docker-train"], cwd=project, capture_output=True, text=True)
+        (run,) = [line.split() for line in dry.stdout.splitlines() if "run --rm train train" in line]
+        files = [run[i + 1] for i, arg in enumerate(run) if arg == "-f"]
+        assert files == (list(COMPOSE_FILES) if cuda != "cpu" else []), run  # [] : compose's default file
+        assert ("python3 -m digit_classifier.gpu --docker" in dry.stdout) == (cuda != "cpu")
+        config = compose_config(project, *files)
+        assert config.returncode == 0, config.stderr
+        reserved = reservations(yaml.safe_load(config.stdout)["services"])
+        assert bool(reserved["train"]) == (cuda != "cpu"), reserved
 
 
 def test_docker_gpu_stops_at_once_without_the_toolkit(variant):
@@ -133,7 +182,7 @@ def test_docker_gpu_stops_at_once_without_the_toolkit(variant):
     )
     assert result.returncode != 0
     if cuda == "cpu":
-        assert "this project uses the CPU build" in result.stderr
+        assert "env.yml pins the CPU build; make variant CUDA=13.0" in result.stderr
         return
     if "FAIL  container_toolkit" not in result.stdout:
         pytest.skip("this machine has the NVIDIA Container Toolkit")

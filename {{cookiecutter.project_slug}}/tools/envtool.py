@@ -7,6 +7,7 @@ environment's interpreter, because it compares that interpreter's installed pack
 check-index URL           fail fast, with advice, when the PyTorch index cannot be reached
 uv-sources                pip's configured indexes and find-links as uv options
 set-variant CUDA          rewrite env.yml's CUDA pin (the one place that holds it)
+dotenv KEY=VALUE...       set these lines of .env (compose's variables), keeping any others there
 stamp-lock SOURCE LOCK    record the sha256 of a lock's .in file in the lock (`make lock`)
 check-lock                fail, naming the culprit, when an .in changed since its lock or the
                           environment differs from the locks
@@ -82,6 +83,19 @@ def set_variant(cuda: str, env_file: Path = ROOT / "env.yml") -> int:
         lines.insert(python + 1, f"{indent}- cuda-version={cuda}")
     env_file.write_text("\n".join(lines) + "\n")
     print(f"env.yml now pins the {WHEEL_TAGS[cuda]} build")
+    return 0
+
+
+DOTENV_HEADER = "# compose's variables. make writes the build's lines from env.yml; lines you add stay."
+
+
+def dotenv(*pairs: str, path: Path = ROOT / ".env") -> int:
+    values = dict(pair.split("=", 1) for pair in pairs)
+    lines = path.read_text().splitlines() if path.exists() else [DOTENV_HEADER]
+    kept = [line for line in lines if line.split("=", 1)[0].strip() not in values]
+    temporary = path.with_name(f".env.{os.getpid()}.tmp")  # whole or not at all
+    temporary.write_text("\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n")
+    os.replace(temporary, path)
     return 0
 
 
@@ -213,12 +227,13 @@ def main(argv: list[str]) -> int:
         "check-index": (check_index, 1),
         "uv-sources": (uv_sources, 0),
         "set-variant": (set_variant, 1),
+        "dotenv": (dotenv, 1),  # one KEY=VALUE or more
         "stamp-lock": (stamp_lock, 2),
         "check-lock": (check_lock, 0),
         "locked": (locked, 2),  # a lock file and a command, the command of any length
     }
     function, count = commands.get(argv[0] if argv else "", (None, 0))
-    if function is None or len(argv) - 1 < count or (len(argv) - 1 > count and function is not locked):
+    if function is None or len(argv) - 1 < count or (len(argv) - 1 > count and function not in (locked, dotenv)):
         print(__doc__, file=sys.stderr)
         return 2
     return function(*argv[1:])
