@@ -233,7 +233,8 @@ def main(argv: list[str]) -> int:
         "locked": (locked, 2),  # a lock file and a command, the command of any length
     }
     function, count = commands.get(argv[0] if argv else "", (None, 0))
-    if function is None or len(argv) - 1 < count or (len(argv) - 1 > count and function not in (locked, dotenv)):
+    variadic = function in (locked, dotenv)  # any number of arguments past the first `count`
+    if function is None or len(argv) - 1 < count or (len(argv) - 1 > count and not variadic):
         print(__doc__, file=sys.stderr)
         return 2
     return function(*argv[1:])
