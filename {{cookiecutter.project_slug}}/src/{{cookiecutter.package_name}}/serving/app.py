@@ -37,7 +37,7 @@ from ..errors import UserError, one_line
 from ..predict import Prediction, Predictor, file_types, named_samples
 from ..tasks.base import InputSpec
 from .batcher import ClientDisconnected, MicroBatcher, Overloaded
-from .guard import MULTIPART_ALLOWANCE, BodyGuard, Busy, DecodePool
+from .guard import MULTIPART_ALLOWANCE, BodyGuard, Busy, DecodePool, header
 from .metrics import create_metrics, mark_process_dead
 
 log = logging.getLogger("{{ cookiecutter.package_name }}.serve")
@@ -143,13 +143,6 @@ async def read_body(receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def header(scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return ""
 
 
 def response_for(predictions: list[Prediction]) -> Response:

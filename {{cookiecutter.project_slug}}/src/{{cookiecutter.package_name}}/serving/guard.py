@@ -231,11 +231,17 @@ class BodyGuard:
             await refuse(scope, send, *body.refusal)
 
 
+def header(scope, name: bytes) -> str:
+    """A request header's value from the ASGI scope ("" when absent)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
 def declared_length(scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None  # the HTTP parser already refused junk
-    return None
+    value = header(scope, b"content-length")
+    return int(value) if value.isdigit() else None  # the HTTP parser already refused junk
 
 
 async def refuse(scope, send, status: int, detail: str) -> None:
