@@ -15,8 +15,10 @@ DEMO_DIR ?= $(CURDIR)/build/demo
 DEMO_TORCH_INDEX_URL ?= $(shell $(PYTHON) -c "import urllib.request as r; u = 'https://download.pytorch.org/whl/cpu'; r.urlopen(u + '/', timeout=5); print(u)" 2>/dev/null)
 PYTEST_ARGS ?=
 
-# The container tests need an engine, compose and debootstrap (Debian packages).
+# The container tests need an engine, compose and debootstrap (Debian packages), and the Dev Containers
+# CLI (npm, pinned with its hash in tests/node/package-lock.json).
 CONTAINER_PACKAGES := docker.io docker-compose debootstrap
+NODE_TOOLS := tests/node/node_modules/.installed
 # The SLURM tests run a one-node cluster (slurmctld, slurmd, munged) and shellcheck the sbatch script.
 SLURM_PACKAGES := slurm-wlm munge shellcheck
 
@@ -51,8 +53,12 @@ if [ -n "$$missing" ]; then \
 fi
 endef
 
-container-tools:
+container-tools: $(NODE_TOOLS)
 	$(call ensure-packages,dockerd docker-compose debootstrap,$(CONTAINER_PACKAGES),the container tests)
+
+$(NODE_TOOLS): tests/node/package-lock.json
+	@command -v npm >/dev/null || { echo "note: npm is missing; the dev container tests will skip"; exit 0; }; \
+	  npm ci --prefix tests/node --no-audit --no-fund --silent && touch $@
 
 bench-tools:
 	$(call ensure-packages,wrk,wrk,the serving benchmark)
@@ -79,5 +85,5 @@ bench: $(SYNCED) container-tools bench-tools ## Print bake, bake-to-model and tr
 	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) $(PY) benchmarks/bench.py
 
 clean: ## Remove the demo, caches and the template's environment
-	rm -rf build $(VENV) .pytest_cache .ruff_cache
+	rm -rf build $(VENV) .pytest_cache .ruff_cache tests/node/node_modules
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -67,6 +67,12 @@ def bake_ok(output_dir: Path, **answers: str) -> Path:
     return project
 
 
+def read_jsonc(path: Path) -> dict:
+    """A JSON file with whole-line // comments (devcontainer.json)."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("//")]
+    return json.loads("\n".join(lines))
+
+
 def free_port() -> int:
     """A loopback port free right now (the kernel's pick), for a server a test starts."""
     with socket.socket() as sock:

@@ -1,14 +1,16 @@
 """A container engine and a registry-free base image for the Docker tests.
 
 No registry is reachable from CI, so the stand-in for `python:X.Y-slim` is made with debootstrap
-and imported once; later runs on the same machine reuse it. An engine the tests started is stopped
-again when they finish.
+and the host's own Python build, and imported once; later runs on the same machine reuse it (and
+remake it when the host's Python changed). An engine the tests started is stopped again when they
+finish.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import re
 import shutil
 import subprocess
@@ -19,8 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-DEBIAN_SUITE = "bookworm"  # its python3 is 3.11: the stand-in serves python:3.11-slim only
-STAND_IN_PYTHON = "3.11"
+DEBIAN_SUITE = "bookworm"  # the release python:X.Y-slim is built on, and this machine's
 
 
 class Unavailable(Exception):
@@ -87,46 +88,94 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
+# What the host's Python build links against, and what the image's build stages use (bash, apt).
+STAND_IN_PACKAGES = (
+    "ca-certificates,passwd,libssl3,libffi8,libsqlite3-0,zlib1g,libbz2-1.0,liblzma5,libreadline8,"
+    "libncursesw6,libuuid1,libexpat1,libcrypt1"
+)
+STAND_IN_LABEL = "template-tests.stand-in-python"
+
+
+def host_python(python_version: str) -> tuple[Path, str]:
+    """The prefix and full version of a self-contained host build of Python X.Y (pyenv's, as the
+    official images build it into /usr/local), whose patch level matches the host's locks."""
+    found = shutil.which(f"python{python_version}")
+    probe = found and subprocess.run(
+        [found, "-c", "import sys; print(sys.base_prefix, sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+    )
+    if not probe or probe.returncode != 0:
+        raise Unavailable(f"no python{python_version} here to make a python:{python_version}-slim stand-in")
+    prefix, version = probe.stdout.split()
+    if prefix in ("/usr", "/"):
+        raise Unavailable(f"python{python_version} is the system's; the stand-in needs a pyenv-like build")
+    return Path(prefix), version
+
+
+def stand_in_version(tag: str) -> str | None:
+    """The Python version of our stand-in under `tag` ('' for an imported image of an older test
+    run), or None when `tag` is a real image (pulled or built by the user): then it is left alone."""
+    inspect = docker("image", "inspect", tag, timeout=60)
+    if inspect.returncode != 0:
+        return ""
+    (image,) = json.loads(inspect.stdout)
+    labels = image["Config"].get("Labels") or {}
+    if STAND_IN_LABEL in labels:
+        return labels[STAND_IN_LABEL]
+    return "" if image.get("Comment", "").startswith("Imported") else None
+
+
 def ensure_python_base(python_version: str) -> str:
-    """The image `python:<version>-slim`, made locally from Debian packages when it is missing."""
+    """The image `python:<version>-slim`: the real one when present, else a stand-in made from
+    Debian's minimal system and the host's own Python build (same patch level as the locks)."""
     tag = f"python:{python_version}-slim"
-    if docker("image", "inspect", tag, timeout=60).returncode == 0:
+    prefix, version = host_python(python_version)
+    if stand_in_version(tag) in (None, version):
         return tag
-    if python_version != STAND_IN_PYTHON:
-        raise Unavailable(f"{tag} is not present and the local stand-in can only be Python {STAND_IN_PYTHON}")
     if shutil.which("debootstrap") is None:
-        raise Unavailable(
-            f"{tag} is not present and debootstrap is not installed (apt-get install debootstrap)"
-        )
+        raise Unavailable(f"{tag} is missing and debootstrap is not installed (apt-get install debootstrap)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "rootfs"
-        packages = "python3,python3-venv,python3-pip,ca-certificates,passwd"
+        command = ["debootstrap", "--variant=minbase", f"--include={STAND_IN_PACKAGES}", DEBIAN_SUITE]
         result = subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={packages}",
-                DEBIAN_SUITE,
-                str(root),
-                debian_mirror(),
-            ],
+            [*command, str(root), debian_mirror()],
             capture_output=True,
             text=True,
             timeout=900,
         )
         if result.returncode != 0:
             raise Unavailable(f"debootstrap failed: {result.stderr[-1000:]}")
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            shutil.rmtree(root / junk, ignore_errors=True)
-        (root / "usr/bin/python").symlink_to("python3")
-        for marker in root.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
-            marker.unlink()
+        install_python(prefix, python_version, root)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        imported = docker("import", "--change", 'CMD ["python3"]', "-", tag, stdin=tar.stdout)
+        changes = ['CMD ["python3"]', f"LABEL {STAND_IN_LABEL}={version}", "ENV LANG=C.UTF-8"]
+        imported = docker("import", *(f"--change={c}" for c in changes), "-", tag, stdin=tar.stdout)
         tar.wait()
         if imported.returncode != 0:
             raise Unavailable(f"docker import failed: {imported.stderr}")
     return tag
+
+
+def install_python(prefix: Path, python_version: str, root: Path) -> None:
+    """The host build under /usr/local, as the official image has it: the interpreter, its library
+    and standard library, without the host's installed packages, tests or static library."""
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        shutil.rmtree(root / junk, ignore_errors=True)
+    stdlib = f"lib/python{python_version}"
+    excludes = [f"./{stdlib}/site-packages/*", f"./{stdlib}/test", "./lib/*.a", "./lib/pkgconfig"]
+    copy = subprocess.run(
+        f"tar -C {prefix} -c --exclude='./bin/*' {' '.join(f'--exclude={e!r}' for e in excludes)} ."
+        f" | tar -C {root / 'usr/local'} -x",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    if copy.returncode != 0:
+        raise Unavailable(f"copying {prefix} failed: {copy.stderr[-1000:]}")
+    shutil.copy2(prefix / "bin" / f"python{python_version}", root / "usr/local/bin")
+    for name in ("python3", "python"):
+        (root / "usr/local/bin" / name).symlink_to(f"python{python_version}")
+    subprocess.run(["chroot", str(root), "ldconfig"], check=True)
 
 
 def pip_find_links() -> list[str]:
@@ -141,9 +190,16 @@ def pip_find_links() -> list[str]:
     return folders
 
 
+def bridge_gateway() -> str:
+    """The host's address on the engine's default bridge: build containers reach it without host
+    networking (pip trusts it as a plain-http mirror only because docker/pip-install says so)."""
+    inspect = docker("network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}")
+    return inspect.stdout.strip() if inspect.returncode == 0 and inspect.stdout.strip() else "127.0.0.1"
+
+
 @contextlib.contextmanager
-def serve(folder: str) -> Iterator[str]:
-    """A loopback HTTP server for a wheel folder, for `pip --find-links` inside a build."""
+def serve(folder: str, host: str) -> Iterator[str]:
+    """An HTTP server for a wheel folder, for `pip --find-links` inside a build."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args) -> None:  # pip's many index reads are noise
@@ -152,24 +208,29 @@ def serve(folder: str) -> Iterator[str]:
     def handler(*args):
         return Quiet(*args, directory=folder)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield f"http://{host}:{server.server_address[1]}/"
     finally:
         server.shutdown()
         server.server_close()
 
 
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
 @contextlib.contextmanager
-def build_settings() -> Iterator[list[str]]:
-    """`make build` variables that give the build what pip has here: the local wheel folder (served
-    on loopback, so the build uses the host network) and the system CA bundle (TLS proxy)."""
+def build_settings() -> Iterator[dict[str, str]]:
+    """The build variables (for make, and for compose from the environment) that give an image build
+    what pip has here: the local wheel folder, served on the engine's bridge; the system CA bundle (a
+    TLS-intercepting proxy); and no PyTorch index (unreachable). One URL per use: keep it for every
+    build that should share the layer cache."""
     with contextlib.ExitStack() as stack:
+        settings = {"TORCH_INDEX_URL": ""}
         links = pip_find_links()
-        settings = ["BUILD_NETWORK=host"]
         if links:
-            settings.append(f"FIND_LINKS={stack.enter_context(serve(links[0]))}")
-        if Path("/etc/ssl/certs/ca-certificates.crt").is_file():
-            settings.append("CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt")
+            settings["FIND_LINKS"] = stack.enter_context(serve(links[0], bridge_gateway()))
+        if SYSTEM_CA_BUNDLE.is_file():
+            settings["CA_BUNDLE"] = str(SYSTEM_CA_BUNDLE)
         yield settings

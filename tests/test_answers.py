@@ -16,7 +16,7 @@ import pytest
 import yaml
 from answers import dist_key, locked_modules, module_owners, problems
 
-from .conftest import CHOICES, COOKIECUTTER_JSON, TEMPLATE, bake, bake_ok
+from .conftest import CHOICES, COOKIECUTTER_JSON, TEMPLATE, bake, bake_ok, read_jsonc
 
 MAX_NAME = COOKIECUTTER_JSON["_name_max_length"]
 PRINTABLE_HINT = "use one line of printable text without double quotes or backslashes"
@@ -161,6 +161,8 @@ def test_odd_but_printable_answers_bake_into_files_that_parse(tmp_path):
     assert pyproject["authors"] == [author]
     for path in ("env.yml", "docker-compose.yml", "compose.gpu.yaml"):
         assert yaml.safe_load((project / path).read_text()), path
+    devcontainer = read_jsonc(project / ".devcontainer" / "devcontainer.json")
+    assert devcontainer["name"] == HOSTILE_BUT_FINE["project_name"]
     for path in project.rglob("*.py"):
         ast.parse(path.read_text(), str(path))
     package = next((project / "src").iterdir()).name

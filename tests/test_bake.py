@@ -19,6 +19,7 @@ from .conftest import (
     bake_ok,
     option_id,
     option_matrix,
+    read_jsonc,
 )
 
 MATRIX = option_matrix()
@@ -31,8 +32,13 @@ EXPECTED_FILES = [
     ".gitignore",
     ".cruft.json",
     ".env",
+    "Dockerfile",
     "docker-compose.yml",
     "compose.gpu.yaml",
+    "docker/pip-install",
+    ".devcontainer/devcontainer.json",
+    ".pre-commit-config.yaml",
+    "notebooks/example.ipynb",
     "requirements/prod.in",
     "requirements/dev.in",
     "configs/train.yaml",
@@ -97,6 +103,7 @@ MAKE_TARGETS = [
     "test",
     "lint",
     "format",
+    "notebook",
     "clean",
     "clean-env",
 ]
@@ -144,6 +151,12 @@ def test_structured_files_parse(baked):
     assert (
         dotenv["PYTHON_VERSION"] == options.get("python_version", "3.11") and dotenv["IMAGE"] == project.name
     )
+    gpu = options.get("cuda_version", COOKIECUTTER_JSON["cuda_version"]) != "cpu"
+    assert dotenv["COMPOSE_FILE"] == "docker-compose.yml" + (":compose.gpu.yaml" if gpu else "")
+    assert read_jsonc(project / ".devcontainer" / "devcontainer.json")["service"] == "dev"
+    notebook = json.loads((project / "notebooks" / "example.ipynb").read_text())
+    assert notebook["nbformat"] == 4 and all(not cell.get("outputs") for cell in notebook["cells"])
+    yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["requires-python"] == f">={options.get('python_version', '3.11')}"
     cruft = json.loads((project / ".cruft.json").read_text())

@@ -11,14 +11,16 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import CHOICES, bake_ok, free_port, run_make
+from .conftest import CHOICES, TEMPLATE, bake_ok, free_port, read_jsonc, run_make
 from .containers import (
     Unavailable,
     build_settings,
@@ -62,7 +64,17 @@ def test_hadolint_clean(variant):
 
 
 COMPOSE_FILES = ("docker-compose.yml", "compose.gpu.yaml")
-COMPOSE_VARIABLES = ("PYTHON_VERSION", "TORCH_INDEX_URL", "IMAGE", "DOCKER_UID", "DOCKER_GID", "GPU_COUNT")
+COMPOSE_VARIABLES = (
+    "PYTHON_VERSION",
+    "TORCH_INDEX_URL",
+    "FIND_LINKS",
+    "IMAGE",
+    "DOCKER_UID",
+    "DOCKER_GID",
+    "GPU_COUNT",
+    "COMPOSE_FILE",
+    "PORT",
+)
 
 
 def compose_config(project: Path, *files: str, **env: str) -> subprocess.CompletedProcess:
@@ -80,6 +92,23 @@ def compose_config(project: Path, *files: str, **env: str) -> subprocess.Complet
     )
 
 
+def port_mapping(port: str | dict) -> tuple[str, int, int]:
+    """(host address, published port, container port) from `config` output, short syntax (Compose v1)
+    or long (v2)."""
+    if isinstance(port, dict):
+        return port.get("host_ip", ""), int(port["published"]), int(port["target"])
+    host, published, target = port.split("/")[0].rsplit(":", 2)
+    return host, int(published), int(target)
+
+
+def mount(volume: str | dict) -> tuple[str, str]:
+    """(source, target) of a bind mount from `config` output, either syntax."""
+    if isinstance(volume, dict):
+        return volume["source"], volume["target"]
+    source, target = volume.split(":")[:2]
+    return source, target
+
+
 def reservations(services: dict) -> dict[str, list]:
     """Each service's GPU device reservations (empty: none)."""
     return {
@@ -89,22 +118,38 @@ def reservations(services: dict) -> dict[str, list]:
 
 
 def test_compose_works_on_its_own_and_gpus_come_from_the_overlay(variant):
-    _, project = variant
-    result = compose_config(project)
+    cuda, project = variant
+    result = compose_config(project, "docker-compose.yml")
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert services.keys() == {"train", "infer", "serve", "gpu-check"}
+    assert services.keys() == {"train", "infer", "serve", "gpu-check", "dev", "notebook"}
     for name, service in services.items():
         assert service["shm_size"] in ("2gb", "2g", 2147483648), name
         assert service["user"] == f"{DOCKER_IDS[0]}:{DOCKER_IDS[1]}", name
         assert service["build"]["args"]["PYTHON_VERSION"] == "3.11", name
+        dev = name in ("dev", "notebook")
+        assert service["build"]["target"] == ("dev" if dev else "runtime"), name
+        assert service["image"] == f"{project.name}{'-dev' if dev else ''}:latest", name
     assert not any(reservations(services).values()), "the base file is the same for every build"
     assert "/app/models" not in json.dumps(services["infer"].get("volumes", [])), (
         "infer uses the baked weights"
     )
+    # Jupyter is published on loopback only; the dev services see the whole project.
+    (port,) = services["notebook"]["ports"]
+    assert port_mapping(port) == ("127.0.0.1", 8888, 8888)
+    for name in ("dev", "notebook"):
+        (volume,) = services[name]["volumes"]
+        assert mount(volume) == (str(project), "/app"), name
+    # With no -f, .env's COMPOSE_FILE adds the GPU overlay exactly when env.yml pins a CUDA build.
+    plain = compose_config(project)
+    assert plain.returncode == 0, plain.stderr
+    reserved = reservations(yaml.safe_load(plain.stdout)["services"])
+    assert all(reserved.values()) if cuda != "cpu" else not any(reserved.values()), reserved
     gpu = compose_config(project, *COMPOSE_FILES, GPU_COUNT="2")
     assert gpu.returncode == 0, gpu.stderr
-    for name, devices in reservations(yaml.safe_load(gpu.stdout)["services"]).items():
+    gpu_services = yaml.safe_load(gpu.stdout)["services"]
+    assert gpu_services.keys() == services.keys()
+    for name, devices in reservations(gpu_services).items():
         assert devices and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"], name
         assert devices[0]["count"] in (2, "2"), name
 
@@ -126,6 +171,18 @@ def test_compose_schema(variant):
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_devcontainer_is_the_compose_dev_service(variant):
+    """devcontainer.json names no compose file: the Dev Containers CLI then reads .env's COMPOSE_FILE,
+    as compose itself does, so the variant (and its GPU overlay) carries through."""
+    _, project = variant
+    config = read_jsonc(project / ".devcontainer" / "devcontainer.json")
+    assert config["dockerComposeFile"] == [] and config["service"] == config["runServices"][0] == "dev"
+    assert config["initializeCommand"].startswith("make") and config["initializeCommand"].endswith(".env")
+    result = compose_config(project)
+    dev = yaml.safe_load(result.stdout)["services"]["dev"]
+    assert (str(project), config["workspaceFolder"]) in [mount(v) for v in dev["volumes"]]
 
 
 def test_compose_without_its_env_file_names_the_fix(variant):
@@ -163,15 +220,19 @@ def test_a_variant_switch_carries_through_to_the_containers(tmp_path):
         )
         assert f"cannot reach the PyTorch index https://download.pytorch.org/whl/{index}" in result.stderr
         assert f"TORCH_INDEX_URL=https://download.pytorch.org/whl/{index}" in (project / ".env").read_text()
-        dry = subprocess.run(["make", "-n", "docker-train"], cwd=project, capture_output=True, text=True)
-        (run,) = [line.split() for line in dry.stdout.splitlines() if "run --rm train train" in line]
-        files = [run[i + 1] for i, arg in enumerate(run) if arg == "-f"]
-        assert files == (list(COMPOSE_FILES) if cuda != "cpu" else []), run  # [] : compose's default file
-        assert ("python3 -m digit_classifier.gpu --docker" in dry.stdout) == (cuda != "cpu")
-        config = compose_config(project, *files)
-        assert config.returncode == 0, config.stderr
-        reserved = reservations(yaml.safe_load(config.stdout)["services"])
-        assert bool(reserved["train"]) == (cuda != "cpu"), reserved
+        gpu = cuda != "cpu"
+        for target, service in (("docker-train", "run --rm train train"), ("docker-notebook", "up notebook")):
+            dry = subprocess.run(["make", "-n", target], cwd=project, capture_output=True, text=True)
+            (run,) = [line.split() for line in dry.stdout.splitlines() if service in line]
+            files = [run[i + 1] for i, arg in enumerate(run) if arg == "-f"]
+            assert files == list(COMPOSE_FILES if gpu else COMPOSE_FILES[:1]), run
+            assert ("python3 -m digit_classifier.gpu --docker" in dry.stdout) == gpu, target
+            config = compose_config(project, *files)
+            assert config.returncode == 0, config.stderr
+            reserved = reservations(yaml.safe_load(config.stdout)["services"])
+            assert bool(reserved["train"]) == bool(reserved["notebook"]) == gpu, reserved
+        dotenv = (project / ".env").read_text()
+        assert f"COMPOSE_FILE={':'.join(COMPOSE_FILES if gpu else COMPOSE_FILES[:1])}" in dotenv
 
 
 def test_docker_gpu_stops_at_once_without_the_toolkit(variant):
@@ -194,14 +255,36 @@ def test_docker_gpu_stops_at_once_without_the_toolkit(variant):
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A running engine, the base image, and the build variables every build here shares (one wheel
+    mirror URL, so later builds reuse the layers of earlier ones); the images made are removed after."""
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(docker_engine(tmp_path_factory.mktemp("engine")))
             ensure_python_base("3.11")
         except Unavailable as reason:
             pytest.skip(f"no container engine here: {reason}")
+        stack.callback(remove_images_since, image_ids())  # tagged images and build stages alike
+        yield stack.enter_context(build_settings())
+
+
+def compose_env(settings: dict[str, str], **extra: str) -> dict[str, str]:
+    """The environment of a user running plain compose in the project, plus the build variables a
+    machine like this one needs (compose passes FIND_LINKS and TORCH_INDEX_URL on to the build)."""
+    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
+    return {**clean, "FIND_LINKS": settings.get("FIND_LINKS", ""), "TORCH_INDEX_URL": "", **extra}
+
+
+@contextlib.contextmanager
+def extra_ca(project: Path, settings: dict[str, str]) -> Iterator[None]:
+    """The proxy's CA in docker/ca/, as a user behind one puts it there for plain compose builds."""
+    pem = project / "docker" / "ca" / "extra-ca.pem"
+    if "CA_BUNDLE" in settings:
+        shutil.copy(settings["CA_BUNDLE"], pem)
+    try:
         yield
+    finally:
+        pem.unlink(missing_ok=True)
 
 
 @pytest.mark.slow
@@ -210,16 +293,13 @@ def test_build_and_run_the_cpu_image(engine, cpu_project, tmp_path):
     project, image = cpu_project, f"template-test-{uuid.uuid4().hex[:8]}"
     uid = gid = "4242"
     (project / "data" / "private.csv").write_text("secret\n")
-    (project / ".env").write_text("TOKEN=secret\n")
+    dotenv = project / ".env"
+    saved = dotenv.read_text()
+    dotenv.write_text(saved + "TOKEN=secret\n")
     with contextlib.ExitStack() as stack:
-        settings = [
-            *stack.enter_context(build_settings()),
-            f"IMAGE={image}",
-            f"DOCKER_UID={uid}",
-            f"DOCKER_GID={gid}",
-        ]
-        before = image_ids()
-        stack.callback(remove_images_since, before)  # the tagged image and its dependency stages
+        stack.callback(dotenv.write_text, saved)
+        variables = {**engine, "IMAGE": image, "DOCKER_UID": uid, "DOCKER_GID": gid}
+        settings = [f"{key}={value}" for key, value in variables.items()]
         stack.callback(lambda: run_make(project, "docker-clean", *settings))
 
         build_and_inspect(project, image, settings, uid)
@@ -336,7 +416,7 @@ def rebuild_after_a_code_change(project: Path, settings: list[str], stack: conte
     source.write_text(original + "\n# a code change\n")
     result = run_make(project, "build", *settings)
     assert result.returncode == 0, result.stderr[-3000:]
-    after_pip = result.stdout.split("pip install --require-hashes", 1)[1].split("Step", 1)[0]
+    after_pip = result.stdout.split("pip-install --no-compile", 1)[1].split("Step", 1)[0]
     assert re.search(r"Using cache|CACHED", after_pip), "the dependency layer was rebuilt"
 
 
@@ -384,3 +464,103 @@ def serve_through_compose(project: Path, image: str, uid: str, gid: str, stack: 
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
     assert len(answer["predictions"]) == 1 and len(answer["probabilities"][0]) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_plain_compose_builds_both_images_and_runs_the_dev_services(engine, cpu_project):
+    """No make: `docker compose build` makes the runtime image and the dev stage from .env alone; the
+    dev image runs the project's tools and tests as a non-root user; Jupyter is published on loopback
+    only and asks for its token."""
+    project, image = cpu_project, f"template-test-{uuid.uuid4().hex[:8]}"
+    env = compose_env(engine, IMAGE=image, PORT=str(free_port()))
+    compose = ["docker-compose", "--project-name", image]
+
+    def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [*compose, *args], cwd=project, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(extra_ca(project, engine))
+        stack.callback(
+            lambda: subprocess.run([*compose, "down", "--remove-orphans"], cwd=project, env=env, timeout=300)
+        )
+        run("build", "train")
+        run("build", "dev")
+        assert "digits" in run("run", "--rm", "train", "tasks").stdout
+        tools = run("run", "--rm", "dev", "bash", "-c", "id -u && pytest --version && jupyter --version")
+        assert tools.stdout.split()[0] != "0" and "pytest" in tools.stdout and "jupyterlab" in tools.stdout
+        # make in the dev image uses the image's environment, checked against the mounted locks
+        tests = run("run", "--rm", "dev", "make", "test", "ARGS=-q -p no:cacheprovider tests/test_config.py")
+        assert "locks match their inputs and this environment" in tests.stdout
+        assert re.search(r"\d+ passed", tests.stdout), tests.stdout[-2000:]
+        sync = [*compose, "run", "--rm", "dev", "make", "sync"]
+        refused = subprocess.run(sync, cwd=project, env=env, capture_output=True, text=True)
+        assert refused.returncode == 2 and "rebuild the dev image" in refused.stderr
+        notebook_service_asks_for_its_token(run, env["PORT"])
+
+
+def notebook_service_asks_for_its_token(run, port: str) -> None:
+    run("up", "--detach", "notebook")
+    assert run("port", "notebook", "8888").stdout.strip() == f"127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}/api/kernelspecs"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            raise AssertionError("Jupyter answered without a token")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 403
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline, "Jupyter did not start"
+            time.sleep(1)
+    token = re.search(r"token=([0-9a-f]+)", run("logs", "notebook").stdout)
+    assert token, "no token in the notebook service's log"
+    with urllib.request.urlopen(f"{url}?token={token[1]}", timeout=10) as response:
+        assert "python3" in json.loads(response.read())["kernelspecs"]
+
+
+DEVCONTAINER_CLI = TEMPLATE / "tests" / "node" / "node_modules" / ".bin" / "devcontainer"
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_the_dev_container_builds_and_runs_with_the_dev_containers_cli(engine, tmp_path):
+    """The real Dev Containers CLI: build, up and exec as the non-root user, with make and the image's
+    environment inside. Without .env (a fresh clone), `up` gets it from initializeCommand."""
+    if not DEVCONTAINER_CLI.exists():
+        pytest.skip("the Dev Containers CLI is not installed (make test installs it with npm)")
+    project = bake_ok(tmp_path, cuda_version="cpu", gpu_check="skip")
+    result = run_make(project, "lock", "models/model.pt", "ARGS=optim.epochs=1 --no-progress")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (project / ".env").unlink()
+    env = compose_env(engine, IMAGE=f"template-test-{uuid.uuid4().hex[:8]}")
+
+    def devcontainer(command: str, *args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(DEVCONTAINER_CLI), command, "--workspace-folder", str(project), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(extra_ca(project, engine))
+        up = json.loads(devcontainer("up").stdout.splitlines()[-1])  # builds the image first
+        name = up["composeProjectName"]
+        stack.callback(
+            lambda: subprocess.run(["docker-compose", "--project-name", name, "down"], cwd=project, env=env)
+        )
+        assert up["outcome"] == "success" and up["remoteWorkspaceFolder"] == "/app"
+        inside = devcontainer("exec", "bash", "-c", "id -u; pwd; make --no-print-directory check-lock")
+        uid, cwd, *_ = inside.stdout.split()
+        assert uid != "0" and cwd == "/app", inside.stdout
+        assert "locks match their inputs and this environment" in inside.stdout
+        assert json.loads(devcontainer("build").stdout.splitlines()[-1])["outcome"] == "success"

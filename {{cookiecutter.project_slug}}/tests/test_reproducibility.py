@@ -341,5 +341,24 @@ def test_check_lock_names_the_culprit(tmp_path, capsys):
     )
     assert envtool.check_lock(tmp_path) == 1
     err = capsys.readouterr().err
-    assert f"numpy {installed[numpy]} is installed but the lock pins 0.0.1" in err
+    assert f"numpy {installed[numpy]} is installed but the lock pins 0.0.1: run `make sync`" in err
     assert "ghost==1.0 is locked but not installed" in err
+    # the dev image's environment is rebuilt, never synced in place
+    assert envtool.check_lock(tmp_path, image_env=True) == 1
+    assert "ghost==1.0 is locked but not installed: rebuild the dev image" in capsys.readouterr().err
+
+
+def test_git_hooks_run_the_environments_own_tools(tmp_path):
+    """`envtool exec` runs ENV_DIR's program (the dev image sets ENV_DIR), and names the fix when the
+    environment lacks it."""
+    tool = tmp_path / "bin" / "hello"
+    tool.parent.mkdir()
+    tool.write_text('#!/bin/sh\necho hello "$@"\n')
+    tool.chmod(0o755)
+    run = [sys.executable, str(PROJECT_ROOT / "tools" / "envtool.py"), "exec"]
+    env = {**os.environ, "ENV_DIR": str(tmp_path)}
+    ran = subprocess.run([*run, "hello", "a.ipynb"], env=env, capture_output=True, text=True)
+    assert (ran.returncode, ran.stdout) == (0, "hello a.ipynb\n")
+    missing = subprocess.run([*run, "nbstripout"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(f"error: {tmp_path}/bin/nbstripout not found: run `make env` first")

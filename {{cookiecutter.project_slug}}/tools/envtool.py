@@ -9,8 +9,11 @@ uv-sources                pip's configured indexes and find-links as uv options
 set-variant CUDA          rewrite env.yml's CUDA pin (the one place that holds it)
 dotenv KEY=VALUE...       set these lines of .env (compose's variables), keeping any others there
 stamp-lock SOURCE LOCK    record the sha256 of a lock's .in file in the lock (`make lock`)
-check-lock                fail, naming the culprit, when an .in changed since its lock or the
-                          environment differs from the locks
+check-lock [--image-env]  fail, naming the culprit, when an .in changed since its lock or the
+                          environment differs from the locks (--image-env: the dev image's, which
+                          is rebuilt rather than synced)
+exec TOOL ARGS...         run a command of the project's environment (ENV_DIR, else .venv): the
+                          git hooks call the locked tools this way
 locked LOCKFILE CMD...    run CMD holding an exclusive lock on LOCKFILE (waits for the holder), so that
                           two `make` runs never create or sync the environment at the same time
 """
@@ -142,7 +145,11 @@ def installed_packages() -> tuple[dict[str, str], list[str]]:
     return installed, broken
 
 
-def check_lock(root: Path = ROOT) -> int:
+IMAGE_ENV_FIX = "rebuild the dev image (make build-dev on the host, or Rebuild Container)"
+
+
+def check_lock(root: Path = ROOT, image_env: bool = False) -> int:
+    sync = IMAGE_ENV_FIX if image_env else "run `make sync`"
     problems, pins = [], {}
     for source in sorted((root / "requirements").glob("*.in")):
         lock = source.with_suffix(".txt")
@@ -160,14 +167,12 @@ def check_lock(root: Path = ROOT) -> int:
     problems += broken
     for name, version in sorted(pins.items()):
         if name not in installed:
-            problems.append(f"{name}=={version} is locked but not installed: run `make sync`")
+            problems.append(f"{name}=={version} is locked but not installed: {sync}")
         elif installed[name] != version:
-            problems.append(
-                f"{name} {installed[name]} is installed but the lock pins {version}: run `make sync`"
-            )
+            problems.append(f"{name} {installed[name]} is installed but the lock pins {version}: {sync}")
     extra = set(installed) - set(pins) - TOOLING - {normalize(project[1]) if project else ""}
     problems += [
-        f"{name} {installed[name]} is installed but not locked: run `make sync`, or add it to "
+        f"{name} {installed[name]} is installed but not locked: {sync}, or add it to "
         "requirements/*.in and `make lock`"
         for name in sorted(extra)
     ]
@@ -222,6 +227,20 @@ def locked(lock_file: str, *command: str) -> int:
         os.close(fd)
 
 
+def exec_tool(tool: str, *args: str) -> int:
+    program = Path(os.environ.get("ENV_DIR") or ROOT / ".venv") / "bin" / tool
+    if not os.access(program, os.X_OK):
+        return fail(f"{program} not found: run `make env` first (it installs the locked tools)")
+    os.execv(program, [str(program), *args])
+    return 1  # not reached
+
+
+def check_lock_command(*flags: str) -> int:
+    if set(flags) - {"--image-env"}:
+        return fail(f"unknown option {' '.join(flags)} for check-lock (only --image-env)")
+    return check_lock(image_env=bool(flags))
+
+
 def main(argv: list[str]) -> int:
     commands = {
         "check-index": (check_index, 1),
@@ -229,11 +248,13 @@ def main(argv: list[str]) -> int:
         "set-variant": (set_variant, 1),
         "dotenv": (dotenv, 1),  # one KEY=VALUE or more
         "stamp-lock": (stamp_lock, 2),
-        "check-lock": (check_lock, 0),
+        "check-lock": (check_lock_command, 0),  # optionally --image-env
+        "exec": (exec_tool, 1),  # a tool and its arguments
         "locked": (locked, 2),  # a lock file and a command, the command of any length
     }
     function, count = commands.get(argv[0] if argv else "", (None, 0))
-    variadic = function in (locked, dotenv)  # any number of arguments past the first `count`
+    # these take any number of arguments past the first `count`
+    variadic = function in (locked, dotenv, check_lock_command, exec_tool)
     if function is None or len(argv) - 1 < count or (len(argv) - 1 > count and not variadic):
         print(__doc__, file=sys.stderr)
         return 2
