@@ -74,10 +74,14 @@ def image_ids() -> set[str]:
 
 
 def remove_images_since(before: set[str]) -> None:
-    """Remove every image made after `before` was taken (dangling build stages included)."""
+    """Remove every image made after `before` was taken (dangling build stages included). An image
+    that others were built on (the runtime under the dev stage) goes once they are gone."""
     new = image_ids() - before
-    if new:
+    while new:
         docker("rmi", "--force", *new, timeout=300)
+        new, left = image_ids() - before, new
+        if new >= left:
+            return
 
 
 def debian_mirror() -> str:
