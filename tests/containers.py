@@ -98,6 +98,7 @@ STAND_IN_PACKAGES = (
     "libncursesw6,libuuid1,libexpat1,libcrypt1"
 )
 STAND_IN_LABEL = "template-tests.stand-in-python"
+STAND_IN_RECIPE = "2"  # bump when the way the stand-in is made changes: older ones are remade
 
 
 def host_python(python_version: str) -> tuple[Path, str]:
@@ -135,6 +136,7 @@ def ensure_python_base(python_version: str) -> str:
     Debian's minimal system and the host's own Python build (same patch level as the locks)."""
     tag = f"python:{python_version}-slim"
     prefix, version = host_python(python_version)
+    version = f"{version}-{STAND_IN_RECIPE}"
     if stand_in_version(tag) in (None, version):
         return tag
     if shutil.which("debootstrap") is None:
@@ -162,11 +164,13 @@ def ensure_python_base(python_version: str) -> str:
 
 def install_python(prefix: Path, python_version: str, root: Path) -> None:
     """The host build under /usr/local, as the official image has it: the interpreter, its library
-    and standard library, without the host's installed packages, tests or static library."""
+    and standard library, without the host's installed packages, and (as the official image's own
+    cleanup does) without tests, bytecode or the static library."""
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
         shutil.rmtree(root / junk, ignore_errors=True)
     stdlib = f"lib/python{python_version}"
-    excludes = [f"./{stdlib}/site-packages/*", f"./{stdlib}/test", "./lib/*.a", "./lib/pkgconfig"]
+    excludes = [f"./{stdlib}/site-packages/*", "./lib/*.a", "./lib/pkgconfig"]
+    excludes += ["test", "tests", "idle_test", "__pycache__", "*.pyc"]  # at any depth
     copy = subprocess.run(
         f"tar -C {prefix} -c --exclude='./bin/*' {' '.join(f'--exclude={e!r}' for e in excludes)} ."
         f" | tar -C {root / 'usr/local'} -x",
