@@ -8,6 +8,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -71,6 +74,23 @@ def read_jsonc(path: Path) -> dict:
     """A JSON file with whole-line // comments (devcontainer.json)."""
     lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("//")]
     return json.loads("\n".join(lines))
+
+
+def wait_for_jupyter_to_refuse(url: str, alive=lambda: None, timeout: float = 120) -> None:
+    """Poll a Jupyter API URL until the server answers, and require that first answer to be 403: it
+    wants its token. `alive` raises when the server died meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            raise AssertionError("Jupyter answered without its token")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 403
+            return
+        except (urllib.error.URLError, ConnectionError):
+            alive()
+            assert time.monotonic() < deadline, "Jupyter did not start"
+            time.sleep(0.5)
 
 
 def free_port() -> int:

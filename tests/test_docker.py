@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import CHOICES, TEMPLATE, bake_ok, free_port, read_jsonc, run_make
+from .conftest import CHOICES, TEMPLATE, bake_ok, free_port, read_jsonc, run_make, wait_for_jupyter_to_refuse
 from .containers import (
     Unavailable,
     build_settings,
@@ -473,6 +473,8 @@ def test_plain_compose_builds_both_images_and_runs_the_dev_services(engine, cpu_
     dev image runs the project's tools and tests as a non-root user; Jupyter is published on loopback
     only and asks for its token."""
     project, image = cpu_project, f"template-test-{uuid.uuid4().hex[:8]}"
+    trained = run_make(project, "models/model.pt", "ARGS=optim.epochs=1 --no-progress")  # no make below
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     env = compose_env(engine, IMAGE=image, PORT=str(free_port()))
     compose = ["docker-compose", "--project-name", image]
 
@@ -507,17 +509,7 @@ def notebook_service_asks_for_its_token(run, port: str) -> None:
     run("up", "--detach", "notebook")
     assert run("port", "notebook", "8888").stdout.strip() == f"127.0.0.1:{port}"
     url = f"http://127.0.0.1:{port}/api/kernelspecs"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            raise AssertionError("Jupyter answered without a token")
-        except urllib.error.HTTPError as refused:
-            assert refused.code == 403
-            break
-        except (urllib.error.URLError, ConnectionError):
-            assert time.monotonic() < deadline, "Jupyter did not start"
-            time.sleep(1)
+    wait_for_jupyter_to_refuse(url)
     token = re.search(r"token=([0-9a-f]+)", run("logs", "notebook").stdout)
     assert token, "no token in the notebook service's log"
     with urllib.request.urlopen(f"{url}?token={token[1]}", timeout=10) as response:

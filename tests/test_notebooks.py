@@ -9,13 +9,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from .conftest import bake_ok, free_port, run_make
+from .conftest import bake_ok, free_port, run_make, wait_for_jupyter_to_refuse
 
 pytestmark = pytest.mark.slow
 
@@ -67,18 +66,11 @@ def test_make_notebook_listens_on_loopback_and_wants_its_token(cpu_project):
     )
     url = f"http://127.0.0.1:{port}/api/kernelspecs"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                raise AssertionError("Jupyter answered without its token")
-            except urllib.error.HTTPError as refused:
-                assert refused.code == 403
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert server.poll() is None, server.stdout.read().decode()[-3000:]
-                assert time.monotonic() < deadline, "Jupyter did not start"
-                time.sleep(0.5)
+
+        def alive() -> None:
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+
+        wait_for_jupyter_to_refuse(url, alive)
         with urllib.request.urlopen(f"{url}?token={token}", timeout=10) as response:
             assert "python3" in json.loads(response.read())["kernelspecs"]
         outside = next((a for a in host_addresses() if not a.startswith("127.")), None)
