@@ -434,6 +434,52 @@ def gpu_precision_figures(project: Path, work: Path) -> None:
         print(f"  {label:22s} {rate:8.0f} samples/s   {rate / rates['fp32']:.2f}x fp32")
 
 
+def run_metrics(python: Path, project: Path, runs: Path, overrides: list[str], env: dict) -> dict:
+    """The metrics of one CPU training run (seconds: start to promoted model; train_seconds: in
+    training steps; tracking_seconds: in the tracking backends' calls)."""
+    command = [str(python), "-m", "digit_classifier", "train", "--no-progress", "device=cpu"]
+    command += [f"output.runs_dir={runs}", f"output.model_path={runs}/model.pt", *overrides]
+    subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=True)
+    return json.loads(max(runs.glob("*/metrics.json")).read_text())
+
+
+TRACKING_EPOCHS = 6
+
+
+def tracking_figures(project: Path, work: Path) -> None:
+    """What logging costs: per epoch, the time in the backends' calls against the time in training
+    steps (the same runs); and whole runs with and without each backend, interleaved, whose
+    difference is mostly the backend's start-up (imports, opening the store)."""
+    python = project / ".venv" / "bin" / "python"
+    settings = ("none", "tensorboard", "mlflow")
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlruns/mlflow.db"}  # not the project's
+    for i in range(5):
+        for name in settings if i % 2 == 0 else reversed(settings):
+            overrides = [f"tracking={name}", f"optim.epochs={TRACKING_EPOCHS}"]
+            runs[name].append(run_metrics(python, project, work / f"track-{name}-{i}", overrides, env))
+    wall = {name: statistics.median(m["seconds"] for m in found) for name, found in runs.items()}
+    print(f"\nTracking, digits on the CPU, {TRACKING_EPOCHS} epochs per run, 5 interleaved runs (medians)")
+    for name in settings:
+        share = statistics.median(m["tracking_seconds"] / m["train_seconds"] for m in runs[name])
+        per_epoch = statistics.median(m["tracking_seconds"] for m in runs[name]) / TRACKING_EPOCHS
+        goal = "  goal <= 3 %" if name == "tensorboard" else ""
+        print(f"  tracking={name:12s} {1000 * per_epoch:7.2f} ms/epoch logging, {100 * share:5.2f} %", end="")
+        print(f" of training{goal}; whole run {wall[name]:6.2f} s ({wall[name] - wall['none']:+.2f} s)")
+
+
+def pre_commit_figures(tmp: Path, env: dict) -> None:
+    """`pre-commit run --all-files` on a fresh bake after git init (environment already synced)."""
+    (tmp / "hooks").mkdir()
+    project = bake(tmp / "hooks")[1]
+    timed_run(["make", "env", f"TORCH_INDEX_URL={TORCH_INDEX_URL}"], project, env)
+    subprocess.run(["git", "init", "--quiet"], cwd=project, check=True)
+    subprocess.run(["git", "add", "--all"], cwd=project, check=True)
+    runs = [timed_run([".venv/bin/pre-commit", "run", "--all-files"], project, env) for _ in range(3)]
+    print(f"\npre-commit run --all-files, fresh bake (11 hooks): first {runs[0]:.2f} s, then ", end="")
+    print(f"{statistics.median(runs[1:]):.2f} s")
+
+
 def bake_figures(tmp: Path) -> None:
     times = []
     for i in range(7):
@@ -471,6 +517,8 @@ def main() -> None:
         with_uv = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         project = bake_to_model_figures(tmp, with_uv)
         loop_figures(project)
+        tracking_figures(project, tmp)
+        pre_commit_figures(tmp, with_uv)
         ddp_figures(project, tmp)
         gpu_precision_figures(project, tmp)
         serving_figures(project, tmp, with_uv)

@@ -238,6 +238,15 @@ def http_ready(url: str) -> dict | None:
     return body if status == 200 else None
 
 
+def get_json(url: str) -> object | None:
+    """The JSON a GET answers with 200, or None (not listening yet, or another status)."""
+    try:
+        status, body = http(url)
+    except (OSError, ValueError):  # not listening yet; not JSON
+        return None
+    return body if status == 200 else None
+
+
 def pins(lock_file) -> dict[str, str]:
     return dict(re.findall(r"^([a-z0-9._-]+)==(\S+)", lock_file.read_text(), re.M))
 
@@ -282,6 +291,40 @@ def test_train_evaluate_infer(cpu_project, project_python, tmp_path):
     assert [line["label"] for line in lines[:10]] == list(range(10)), "PNG digits"
     assert [line["label"] for line in lines[10:]] == list(range(10)), ".npy batch"
     assert all(0.5 < line["confidence"] <= 1 for line in lines)
+
+
+def test_make_tensorboard_serves_the_runs_of_the_config_on_loopback(cpu_project, project_python, tmp_path):
+    """A run trained with a config of its own (runs_dir in tmp_path); TensorBoard, started by make
+    with that config, lists it and serves its curves."""
+    config = tmp_path / "train.yaml"
+    config.write_text(f"task: digits\noutput:\n  runs_dir: {tmp_path}/runs\n  model_path: {tmp_path}/m.pt\n")
+    args = ("train", "--config", str(config), "--no-progress", "optim.epochs=2")
+    run_dir = run_dir_of(cpu_project, cli(project_python, cpu_project, *args))
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    port = free_port()
+    board = subprocess.Popen(
+        ["make", "-s", "tensorboard", f"CONFIG={config}", f"PORT={port}", "TORCH_INDEX_URL="],
+        cwd=cpu_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        deadline = time.monotonic() + 120
+        while get_json(f"{base}/runs") != [run_dir.name]:
+            assert board.poll() is None, board.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "TensorBoard did not list the run"
+            time.sleep(0.5)
+        query = f"run={run_dir.name}&tag=accuracy/val"
+        points = get_json(f"{base}/plugin/scalars/scalars?{query}")  # [wall time, step, value]
+        assert [(step, round(value, 5)) for _, step, value in points] == [
+            (row["epoch"], round(row["val_accuracy"], 5)) for row in history
+        ]
+    finally:
+        if board.poll() is None:
+            os.killpg(board.pid, signal.SIGTERM)
+        board.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

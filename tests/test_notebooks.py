@@ -1,11 +1,12 @@
 """The example notebook and its tooling, for real (slow): executed headless with nbclient and a real
-kernel after a short training run, Jupyter started by `make notebook` (loopback, token), and outputs
-stripped at commit by the pre-commit hook."""
+kernel after a short training run, Jupyter started by `make notebook` (loopback, token), and the
+pre-commit hooks on a fresh bake: all pass, each catches its mistake, notebook outputs are stripped."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,12 +89,62 @@ def host_addresses() -> list[str]:
     return out.split()
 
 
-def test_notebook_outputs_are_stripped_at_commit(tmp_path):
-    project = bake_ok(tmp_path, cuda_version="cpu", gpu_check="skip")
-    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+@pytest.fixture(scope="module")
+def hooked(tmp_path_factory):
+    """A fresh bake, git init, `make pre-commit` (which syncs the environment first)."""
+    project = bake_ok(tmp_path_factory.mktemp("hooked"), cuda_version="cpu", gpu_check="skip")
     subprocess.run(["git", "init", "--quiet"], cwd=project, check=True)
     result = run_make(project, "pre-commit")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return project
+
+
+def pre_commit(project, *args: str) -> subprocess.CompletedProcess:
+    command = [str(project / ".venv" / "bin" / "pre-commit"), "run", "--color=never", *args]
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=600)
+
+
+HOOKS = ("ruff-check", "ruff-format", "check-lock", "hadolint", "nbstripout", "trailing-whitespace")
+HOOKS += ("end-of-file-fixer", "check-yaml", "check-merge-conflict", "check-added-large-files")
+
+
+def test_every_hook_passes_on_a_fresh_bake(hooked):
+    config = (hooked / ".pre-commit-config.yaml").read_text()
+    assert sorted(re.findall(r"^ +- id: (\S+)$", config, re.M)) == sorted(HOOKS)
+    assert "repo: local" in config and "rev:" not in config  # nothing to fetch
+    subprocess.run(["git", "add", "--all"], cwd=hooked, check=True)
+    result = pre_commit(hooked, "--all-files")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert result.stdout.count("Passed") == len(HOOKS), result.stdout
+
+
+def test_each_hook_catches_what_it_is_for(hooked):
+    """One mistake per hook, in files already added; each named hook fails; then all is restored."""
+    edits = {
+        "src/digit_classifier/config.py": lambda text: "import json\n" + text,  # an unused import (F401)
+        "Dockerfile": lambda text: text + "RUN cd /tmp && touch x\n",  # hadolint DL3003: cd
+        "requirements/prod.in": lambda text: text + "rich\n",  # an input changed without make lock
+        "README.md": lambda text: text.replace("\n", "  \n", 1),  # trailing whitespace
+        "configs/serve.yaml": lambda text: text + "port: [\n",  # YAML that does not parse
+    }
+    for name, edit in edits.items():
+        path = hooked / name
+        path.write_text(edit(path.read_text()))
+    try:
+        result = pre_commit(hooked, "--files", *edits)
+        failed = set(re.findall(r"^(.+?)\.{3,}Failed$", result.stdout, re.M))
+        assert result.returncode == 1
+        names = {"lint (ruff check --fix)", "lint the Dockerfile (hadolint)", "trim trailing whitespace"}
+        names |= {"locks match their .in files and the environment (make check-lock)", "YAML parses"}
+        assert names <= failed, result.stdout
+        assert "DL3003" in result.stdout and "requirements/prod.in changed" in result.stdout
+    finally:
+        subprocess.run(["git", "checkout", "--", *edits], cwd=hooked, check=True)
+
+
+def test_notebook_outputs_are_stripped_at_commit(hooked):
+    project = hooked
+    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
     path = project / "notebooks" / "example.ipynb"
     original = path.read_text()
     notebook = json.loads(original)

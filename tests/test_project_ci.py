@@ -36,6 +36,31 @@ def test_the_workflow_passes_actionlint(project):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+TEMPLATE_WORKFLOWS = sorted((TEMPLATE / ".github" / "workflows").glob("*.yml"))
+
+
+@pytest.mark.parametrize("workflow", TEMPLATE_WORKFLOWS, ids=lambda path: path.name)
+def test_the_templates_own_workflow_passes_actionlint_and_its_schema(workflow):
+    result = actionlint(workflow)
+    assert result.returncode == 0, result.stdout + result.stderr
+    command = [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(workflow)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_templates_workflow_runs_the_suite_that_ci_runs():
+    """Its jobs together run what .ci/run runs: lint, the quick suite, and the slow suite split in
+    two (containers apart), each through the Makefile."""
+    (workflow,) = TEMPLATE_WORKFLOWS
+    jobs = yaml.safe_load(workflow.read_text())["jobs"]
+    commands = [step["run"] for job in jobs.values() for step in job["steps"] if "run" in step]
+    assert "make lint" in commands and "make test-fast" in commands
+    slow = [c for c in commands if "make test PYTEST_ARGS=" in c]
+    assert any('-m slow --ignore=tests/test_docker.py"' in c for c in slow)
+    assert any('PYTEST_ARGS="tests/test_docker.py"' in c for c in slow)
+    assert "make test" in (TEMPLATE / ".ci" / "run").read_text()
+
+
 def test_actionlint_catches_a_broken_workflow(project, tmp_path):
     """The check can fail: a misspelt key and a step id that does not exist are both reported."""
     broken = tmp_path / "ci.yml"

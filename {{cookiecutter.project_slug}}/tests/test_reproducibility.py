@@ -65,11 +65,11 @@ def final_weights(runs_dir) -> str:
     return json.loads(metrics.read_text())["weights_sha256"]
 
 
-def start(runs_dir, *args) -> subprocess.Popen:
+def start(runs_dir, *args, env=None) -> subprocess.Popen:
     return subprocess.Popen(
         command(runs_dir, *args),
         cwd=PROJECT_ROOT,
-        env=run_env(),
+        env=env or run_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -273,6 +273,7 @@ def test_manifest_records_the_run(trained, task_name, splits):
     assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
     assert env["cuda"] == torch.version.cuda and env["hostname"]
     assert env["command"][1:] == sys.argv[1:]  # this process (pytest) trained the fixture
+    assert {"requirements/prod.txt", "requirements/dev.txt"} <= env["locks"].keys()
     for name, digest in env["locks"].items():
         assert digest == file_sha256(PROJECT_ROOT / name)
     assert set(env["git"]) == {"commit", "dirty", "diff_sha256"}

@@ -82,6 +82,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    runs_dir = load_config(args.config, []).output.runs_dir  # where this project's runs are written
+    try:
+        from tensorboard import program
+    except ImportError:
+        raise UserError(
+            "tensorboard is not installed; requirements/dev.txt pins it: `make sync` (the runtime image "
+            "has only the runtime lock)"
+        ) from None
+    board = program.TensorBoard()
+    board.configure(logdir=runs_dir, host=args.host, port=args.port, reload_interval=5)
+    board.main()  # serves until interrupted; says where
+    return 0
+
+
 def cmd_env_report(args: argparse.Namespace) -> int:
     from .reproducibility import environment
 
@@ -211,6 +226,16 @@ def add_training_commands(commands) -> None:
     runs.add_argument("--runs-dir", default="runs", type=Path, help="where the runs are (default: runs)")
     runs.add_argument("--compare", nargs=2, metavar="RUN", help="two run ids (or unique prefixes)")
     runs.set_defaults(handler=cmd_runs)
+
+    board = commands.add_parser(
+        "tensorboard",
+        help="serve the runs' TensorBoard logs (loss, accuracy, learning rate, config as hparams)",
+        description="TensorBoard over output.runs_dir of the training config, on loopback by default.",
+    )
+    board.add_argument("--config", default=TRAIN_CONFIG, help=f"YAML config (default: {TRAIN_CONFIG})")
+    board.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    board.add_argument("--port", type=int, default=6006, help="port (default: 6006)")
+    board.set_defaults(handler=cmd_tensorboard)
 
     env_report = commands.add_parser(
         "env-report", help="print this machine's fingerprint (versions, GPUs, git, lock hashes)"

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import UsageError, UserError
+from .training.tracking import backends
 
 MODEL_PATH = "models/model.pt"  # the promoted model: train writes it; evaluate, infer and serve read it
 TRAIN_CONFIG = "configs/train.yaml"
@@ -77,6 +78,9 @@ class Config:
     device: str = option("auto", "auto (CUDA when usable, else CPU), cpu, cuda or cuda:N")
     precision: str = option("fp32", "fp32, bf16 or fp16 autocast (fp16 scales the loss); weights stay fp32")
     compile: bool = option(False, "torch.compile the model: faster steps after a compile at start")
+    tracking: str = option(
+        "tensorboard", "where runs are logged: tensorboard, mlflow, tensorboard,mlflow or none (rank 0)"
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=dict)  # the task's options, completed from its defaults
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -122,6 +126,7 @@ class Config:
 
     def validate(self) -> None:
         check_device_spec(self.device)
+        backends(self.tracking)
         data, optim, output = self.data, self.optim, self.output
         choices = ", ".join(PRECISIONS)
         require(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-LOCK_FILES = ("requirements/prod.txt", "requirements/dev.txt")
+LOCKS = "requirements/*.txt"  # prod, dev and the optional extras: whichever this checkout has
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -128,7 +128,7 @@ def environment(root: Path) -> dict[str, Any]:
         "driver_version": snapshot.driver_version,
         "gpus": [gpu.name for gpu in snapshot.gpus],
         "git": git_state(root),
-        "locks": {name: file_sha256(root / name) for name in LOCK_FILES},
+        "locks": {str(path.relative_to(root)): file_sha256(path) for path in sorted(root.glob(LOCKS))},
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
     }
 

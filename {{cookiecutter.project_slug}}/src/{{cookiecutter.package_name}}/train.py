@@ -47,6 +47,7 @@ from .training.runs import (
     run_of_launch,
 )
 from .training.state import Setup, TrainingState, model_payload
+from .training.tracking import check_installed, tracking
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,11 @@ def train(
     initial = state.epoch * per_epoch + state.batch
     # In a group, ranks agree (a collective) on the batch to stop at.
     agree = partial(any_rank, device=parts.device) if distributed.active() else None
-    with Progress(config.optim.epochs * per_epoch, initial, progress and parts.peers.main, agree) as report:
+    with (
+        Progress(config.optim.epochs * per_epoch, initial, progress and parts.peers.main, agree) as report,
+        tracking(config.tracking, run.path, state.epoch, parts.peers.main) as tracker,
+    ):
+        tracker.call("start", flatten(config.to_dict()), resume is not None)
         while state.epoch < config.optim.epochs:
             tick = time.perf_counter()
             totals = fit_epoch(parts, state, report)
@@ -103,12 +108,17 @@ def train(
             if report.stopping:
                 raise Interrupted(report.stop_signal, state.save(run, parts, totals), parts.peers.world_size)
             end_epoch(parts, state, totals, run)
+            epoch_metrics = {key: value for key, value in state.history[-1].items() if key != "epoch"}
+            tracker.call("log_epoch", state.epoch, epoch_metrics)
             report.epoch_done(state.epoch, config.optim.epochs, state.history[-1])
         report.finishing()
         try:
-            return finish(parts, state, run, started, train_seconds)
+            result = finish(parts, state, run, started, (train_seconds, tracker.seconds))
         except KeyboardInterrupt:
             raise Unfinished(run, config.optim.epochs) from None
+        final = {key: result.metrics[key] for key in ("test_accuracy", "test_loss")}
+        tracker.call("log_final", final, run.path / "checkpoint.pt")
+        return result
 
 
 def setup(config: Config, peers: Peers) -> Setup:
@@ -252,6 +262,7 @@ def end_epoch(parts: Setup, state: TrainingState, totals: Accumulator, run: RunD
     config, train_score = parts.config, totals.score()
     distributed.share_buffers(parts.model)
     val = score(parts.model, parts.loaders["val"], parts.device, parts.precision)
+    lr = parts.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
     parts.scheduler.step()
     state.epoch, state.batch, state.totals = state.epoch + 1, 0, (0.0, 0, 0)
     state.history.append(
@@ -261,6 +272,7 @@ def end_epoch(parts: Setup, state: TrainingState, totals: Accumulator, run: RunD
             "train_accuracy": train_score.accuracy,
             "val_loss": val.loss,
             "val_accuracy": val.accuracy,
+            "lr": lr,
         }
     )
     if state.epoch % config.output.checkpoint_every == 0 or state.epoch == config.optim.epochs:
@@ -268,9 +280,11 @@ def end_epoch(parts: Setup, state: TrainingState, totals: Accumulator, run: RunD
 
 
 def finish(
-    parts: Setup, state: TrainingState, run: RunDir, started: float, train_seconds: float
+    parts: Setup, state: TrainingState, run: RunDir, started: float, spent: tuple[float, float]
 ) -> TrainResult:
-    """Score the test split, write the run's results and promote its model (rank 0)."""
+    """Score the test split, write the run's results and promote its model (rank 0). `spent`: the
+    seconds in training steps, and in tracking calls, of this session."""
+    train_seconds, tracking_seconds = spent
     test = score(parts.model, parts.loaders["test"], parts.device, parts.precision)
     summary = {
         "task": parts.config.task,
@@ -285,6 +299,7 @@ def finish(
         "precision": parts.config.precision,
         "seconds": round(time.time() - started, 2),
         "train_seconds": round(train_seconds, 3),
+        "tracking_seconds": round(tracking_seconds, 4),
         "weights_sha256": weights_sha256(parts.model.state_dict()),
     }
     model_path, metrics = Path(parts.config.output.model_path), {**summary, "history": state.history}
@@ -308,6 +323,7 @@ def plan_start(config: Config, overrides: list[str], target: str | None) -> Plan
     """RESUME's checkpoint; or, when torchrun restarted the workers or SLURM requeued the job, the
     run this launch began, from its newest good checkpoint; or else a new run."""
     config.check_outputs()  # an unwritable runs_dir or model_path fails now, not after training
+    check_installed(config.tracking)  # so is a tracking backend this environment lacks
     runs_dir, launch = config.output.runs_dir, distributed.launch_id()
     if distributed.relaunched() and launch and (run := run_of_launch(runs_dir, launch)):
         if run.read_manifest().get("status") == "complete":
@@ -340,12 +356,13 @@ def run_training(
         return result if peers.main else None
 
 
-ADJUSTABLE = ("output.runs_dir", "precision", "compile")  # where and how it runs, not what it learns
+# Where and how a run trains and reports, not what it learns: a resumed run may change these.
+ADJUSTABLE = ("output.runs_dir", "precision", "compile", "tracking")
 
 
 def resumed_config(requested: Config, overrides: list[str], recorded: dict) -> Config:
     """A resumed run keeps its own config. Overrides that repeat it are fine (the first command plus
-    RESUME=auto), and precision and compile may change (resuming on another GPU; the weights then
+    RESUME=auto), and ADJUSTABLE keys may change (resuming on another GPU; the weights then
     differ from an uninterrupted run's); any other difference is refused, naming both values."""
     wanted, own = flatten(requested.to_dict()), flatten(recorded)
     adjusted = []
