@@ -13,6 +13,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DEMO_DIR ?= $(CURDIR)/build/demo
 # The demo's torch index: PyTorch's CPU index when it answers, else pip's configured indexes only.
 DEMO_TORCH_INDEX_URL ?= $(shell $(PYTHON) -c "import urllib.request as r; u = 'https://download.pytorch.org/whl/cpu'; r.urlopen(u + '/', timeout=5); print(u)" 2>/dev/null)
+# The demo's torch release: the template's default, or without PyTorch's index the offline one
+# (pyproject.toml's tool.template.offline-torch), rather than PyPI's multi-GB CUDA build.
+DEMO_TORCH ?= $(if $(DEMO_TORCH_INDEX_URL),,$(shell sed -n 's/^offline-torch = "\(.*\)"/\1/p' pyproject.toml))
 PYTEST_ARGS ?=
 
 # The container tests need an engine, compose and debootstrap (Debian packages), and the Dev Containers
@@ -35,7 +38,7 @@ $(SYNCED): requirements/dev.txt
 
 demo: $(SYNCED) ## Bake the default project (CPU build) into build/demo and train it
 	rm -rf $(DEMO_DIR)
-	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) . cuda_version=cpu
+	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) . cuda_version=cpu $(if $(DEMO_TORCH),torch_version=$(DEMO_TORCH))
 	$(MAKE) -C $$(ls -d $(DEMO_DIR)/*/) train TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL)
 
 # $(call ensure-packages,commands,Debian packages,what needs them): install when a command is
@@ -82,7 +85,7 @@ lock: $(SYNCED) ## Re-lock requirements/dev.in (UPGRADE=1 upgrades)
 	  --output-file requirements/dev.txt requirements/dev.in
 
 bench: $(SYNCED) container-tools bench-tools ## Print bake, bake-to-model and training-loop figures
-	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) $(PY) benchmarks/bench.py
+	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) DEMO_TORCH=$(DEMO_TORCH) $(PY) benchmarks/bench.py
 
 clean: ## Remove the demo, caches and the template's environment
 	rm -rf build $(VENV) .pytest_cache .ruff_cache tests/node/node_modules

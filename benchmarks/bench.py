@@ -32,6 +32,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(TEMPLATE / "tests"))  # the engine and base-image helpers the tests use
 # `make bench` passes the same index as `make demo`: PyTorch's CPU index when it answers, else empty.
 TORCH_INDEX_URL = os.environ.get("TORCH_INDEX_URL", "")
+DEMO_TORCH = os.environ.get("DEMO_TORCH", "")  # as make demo: empty = the template's default release
 
 LOOP_SCRIPT = r"""
 import math, os, statistics, sys, time
@@ -114,6 +115,7 @@ def bake(out: Path, cuda: str = "cpu") -> tuple[float, Path]:
         str(out),
         str(TEMPLATE),
         f"cuda_version={cuda}",
+        *([f"torch_version={DEMO_TORCH}"] if DEMO_TORCH else []),
     ]
     return timed_run(command, cwd=out), out / "digit-classifier"
 
@@ -476,7 +478,8 @@ def pre_commit_figures(tmp: Path, env: dict) -> None:
     subprocess.run(["git", "init", "--quiet"], cwd=project, check=True)
     subprocess.run(["git", "add", "--all"], cwd=project, check=True)
     runs = [timed_run([".venv/bin/pre-commit", "run", "--all-files"], project, env) for _ in range(3)]
-    print(f"\npre-commit run --all-files, fresh bake (11 hooks): first {runs[0]:.2f} s, then ", end="")
+    hooks = (project / ".pre-commit-config.yaml").read_text().count("- id: ")
+    print(f"\npre-commit run --all-files, fresh bake ({hooks} hooks): first {runs[0]:.2f} s, then ", end="")
     print(f"{statistics.median(runs[1:]):.2f} s")
 
 

@@ -6,6 +6,8 @@ who mistyped two answers learns about both at once.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import keyword
 import re
 import sys
@@ -13,6 +15,8 @@ import unicodedata
 from collections.abc import Mapping
 from email.errors import HeaderParseError
 from email.headerregistry import Address
+from pathlib import Path
+from types import ModuleType
 
 from cookiecutter.exceptions import FailedHookException
 from jinja2.ext import Extension
@@ -294,6 +298,45 @@ def choice_problem(key: str, value: str, allowed: list[str], what: str) -> str |
     return f"{key} {value!r} is not supported {what}; choose one of: {', '.join(allowed)}"
 
 
+@functools.cache
+def wheel_table() -> ModuleType:
+    """The generated project's variants.py: the one table of torch releases and their builds."""
+    project = Path(__file__).resolve().parent.parent / "{{cookiecutter.project_slug}}"
+    path = project / "src" / "{{cookiecutter.package_name}}" / "variants.py"
+    spec = importlib.util.spec_from_file_location("template_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+RELEASE_KEYS = ("torch_version", "cuda_version", "python_version")
+
+
+def release_problems(torch_version: str, cuda_version: str, python_version: str) -> list[str]:
+    """cuda_version must be a build torch_version's release publishes, and python_version one it has
+    wheels for (variants.py). Values outside the choices are left to the choice checks."""
+    variants = wheel_table()
+    key = variants.release_of(torch_version)
+    if key not in variants.RELEASES:
+        return []
+    found, release = [], variants.RELEASES[key]
+    if cuda_version not in release and cuda_version in variants.ALL_BUILDS:
+        with_it = [pin for k, pin in variants.PINS.items() if cuda_version in variants.RELEASES[k]]
+        found.append(
+            f"torch {torch_version} publishes no CUDA {cuda_version} build (only {', '.join(release)}); "
+            f"choose one of those, or torch_version {' or '.join(with_it)}"
+        )
+    if re.fullmatch(r"3\.\d+", python_version) and not variants.supports_python(key, python_version):
+        low, high = variants.PYTHONS[key]
+        with_it = [pin for k, pin in variants.PINS.items() if variants.supports_python(k, python_version)]
+        found.append(
+            f"torch {torch_version} has no wheels for Python {python_version} ({low} to {high}); "
+            f"choose one of those, or torch_version {' or '.join(with_it)}"
+        )
+    return found
+
+
 def unprintable(ch: str) -> bool:
     """Control characters, line and paragraph separators (line breaks to YAML) and the
     noncharacters YAML refuses; surrogates are what undecodable command-line bytes become."""
@@ -343,7 +386,7 @@ def problems(context: Mapping[str, object], typed: Mapping[str, object] | None =
     """All problems with a cookiecutter context (the rendered answers plus private keys); `typed`
     holds the answers as given, before cookiecutter rendered them."""
     typed = typed or {}
-    torch = f"by torch {context['_torch_version']}"
+    torch = f"by torch {context['torch_version']}"
     max_length = int(context["_name_max_length"])
     found = [
         name_problem(str(context["project_name"])),
@@ -352,6 +395,7 @@ def problems(context: Mapping[str, object], typed: Mapping[str, object] | None =
         email_problem(str(context["author_email"])),
         *(text_problem(key, str(context[key])) for key in ("project_name", "description", "author_name")),
         *(markup_problem(key, str(typed.get(key, context[key])), str(context[key])) for key in FREE_TEXT),
+        *release_problems(*(str(context[key]) for key in RELEASE_KEYS)),
     ]
     for key, allowed in context["_choices"].items():
         what = torch if key in ("python_version", "cuda_version") else "by this template"

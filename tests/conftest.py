@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,17 +21,26 @@ from .slurm import slurm_cluster  # noqa: F401  (one cluster for the whole sessi
 TEMPLATE = Path(__file__).resolve().parent.parent
 COOKIECUTTER_JSON = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 CHOICES: dict[str, list[str]] = COOKIECUTTER_JSON["_choices"]
+# The torch release bakes pin unless a test names one (pyproject.toml says why).
+INSTALLABLE_TORCH: str = tomllib.loads((TEMPLATE / "pyproject.toml").read_text())["tool"]["template"][
+    "offline-torch"
+]
 
 sys.path.insert(0, str(TEMPLATE / "hooks"))
+from answers import wheel_table  # noqa: E402  (the generated project's variants.py)
+
+RELEASES, PINS, release_of = wheel_table().RELEASES, wheel_table().PINS, wheel_table().release_of
 # The venv's tools (uv, cookiecutter) must be on PATH for baked Makefiles, however pytest was started.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
 def option_matrix() -> list[dict[str, str]]:
-    """The defaults, then every other allowed value of each option, one change at a time."""
+    """The defaults (torch: INSTALLABLE_TORCH), then every other allowed value of each option, one
+    change at a time (a CUDA build with the newest release that publishes it)."""
+    defaults = {**COOKIECUTTER_JSON, "torch_version": INSTALLABLE_TORCH}
     variants: list[dict[str, str]] = [{}]
     for key, values in CHOICES.items():
-        variants += [{key: value} for value in values if value != COOKIECUTTER_JSON[key]]
+        variants += [{key: value} for value in values if value != defaults[key]]
     # gpu_check=strict stops a GPU bake on a machine without a GPU (as it should, see
     # test_gpu_preflight.py); on CI it can only bake the CPU build.
     variants = [{**v, "cuda_version": "cpu"} if v.get("gpu_check") == "strict" else v for v in variants]
@@ -42,8 +52,17 @@ def option_id(options: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
+def torch_for(cuda_version: str | None) -> str:
+    """INSTALLABLE_TORCH, or for a build its release does not publish, the newest release that does
+    (a build no release publishes stays with INSTALLABLE_TORCH, for the answer checks to refuse)."""
+    found = [PINS[key] for key, builds in RELEASES.items() if cuda_version in builds]
+    return INSTALLABLE_TORCH if INSTALLABLE_TORCH in found or not found else found[0]
+
+
 def bake(output_dir: Path, env: dict[str, str] | None = None, **answers: str) -> subprocess.CompletedProcess:
-    """Run the real cookiecutter CLI, hooks included, with --no-input and the given answers."""
+    """Run the real cookiecutter CLI, hooks included, with --no-input and the given answers
+    (torch_version: torch_for(cuda_version) unless given)."""
+    answers = {"torch_version": torch_for(answers.get("cuda_version")), **answers}
     args = [f"{key}={value}" for key, value in answers.items()]
     return subprocess.run(
         [

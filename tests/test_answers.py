@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import re
@@ -14,9 +13,9 @@ import tomllib
 
 import pytest
 import yaml
-from answers import dist_key, locked_modules, module_owners, problems
+from answers import dist_key, locked_modules, module_owners, problems, wheel_table
 
-from .conftest import CHOICES, COOKIECUTTER_JSON, TEMPLATE, bake, bake_ok, read_jsonc
+from .conftest import CHOICES, COOKIECUTTER_JSON, INSTALLABLE_TORCH, TEMPLATE, bake, bake_ok, read_jsonc
 
 MAX_NAME = COOKIECUTTER_JSON["_name_max_length"]
 PRINTABLE_HINT = "use one line of printable text without double quotes or backslashes"
@@ -40,7 +39,23 @@ REJECTIONS = {
     "python-too-old": ({"python_version": "3.9"}, "python_version '3.9' is not supported by torch"),
     "python-garbage": ({"python_version": "three"}, "choose one of: 3.11"),
     "cuda-unsupported": ({"cuda_version": "11.8"}, "cuda_version '11.8' is not supported by torch"),
-    "cuda-no-dot": ({"cuda_version": "130"}, "choose one of: 13.0, 12.6, cpu"),
+    "cuda-no-dot": ({"cuda_version": "130"}, "choose one of: 13.0, 13.2, 12.6, cpu"),
+    # The builds a torch release publishes (variants.py): 2.15 dropped 12.6, 2.13 had no 13.2.
+    "torch-unknown": ({"torch_version": "2.16.0"}, "torch_version '2.16.0' is not supported by this"),
+    "cuda-dropped-by-torch": (
+        {"torch_version": "2.15.0", "cuda_version": "12.6"},
+        "torch 2.15.0 publishes no CUDA 12.6 build (only 13.2, 13.0, cpu); choose one of those, or "
+        "torch_version 2.14.1 or 2.13.0",
+    ),
+    "python-dropped-by-torch": (
+        {"torch_version": "2.15.0", "python_version": "3.10"},
+        "torch 2.15.0 has no wheels for Python 3.10 (3.11 to 3.15); choose one of those, or torch_version "
+        "2.14.1 or 2.13.0",
+    ),
+    "cuda-newer-than-torch": (
+        {"torch_version": "2.13.0", "cuda_version": "13.2"},
+        "torch 2.13.0 publishes no CUDA 13.2 build",
+    ),
     "license-unknown": ({"open_source_license": "WTFPL"}, "open_source_license 'WTFPL'"),
     "email-no-at": ({"author_email": "me.example.com"}, "is not an e-mail address"),
     "email-no-domain-dot": ({"author_email": "me@localhost"}, "is not an e-mail address"),
@@ -266,14 +281,21 @@ def test_locked_modules_are_what_a_real_environment_installs(cpu_project, projec
 
 @pytest.mark.slow
 def test_locked_modules_cover_the_gpu_build_on_the_oldest_and_newest_python(tmp_path):
-    """The locks of the CUDA build (PyPI's Linux torch is the CUDA 13.0 build) pin more than the CPU
-    build's: NVIDIA's wheels, triton, and backports on the oldest Python. The two ends of the range
-    bound what a version between them pins (checking all five took 85 s of the suite)."""
-    project = bake_ok(tmp_path, cuda_version=CHOICES["cuda_version"][0], gpu_check="skip")
-    requirements = project / "requirements"
-    missing: dict[str, set[str]] = {}
+    """The locks of the newest release's CUDA build (PyPI's Linux torch 2.15 is the CUDA 13.2 build)
+    pin more than the CPU build's: NVIDIA's wheels, triton, and backports on the oldest Python. The
+    two ends of the range bound what a version between them pins (all five took 85 s of the suite)."""
+    variants, newest = wheel_table(), COOKIECUTTER_JSON["torch_version"]  # locked only, never installed
     pythons = sorted(CHOICES["python_version"], key=lambda v: tuple(map(int, v.split("."))))
-    for python in (pythons[0], pythons[-1]):
+    release = variants.release_of(newest)
+    ends = [p for p in pythons if variants.supports_python(release, p)]
+    # The newest release's CUDA 13.2 build at its oldest and newest Python, and the oldest Python
+    # (its backports) with the offline release's CUDA 13.0 build.
+    combos = [(newest, "13.2", ends[0]), (newest, "13.2", ends[-1]), (INSTALLABLE_TORCH, "13.0", pythons[0])]
+    missing: dict[str, set[str]] = {}
+    for torch, cuda, python in combos:
+        (out := tmp_path / f"{torch}-{cuda}-{python}").mkdir()
+        project = bake_ok(out, torch_version=torch, cuda_version=cuda, gpu_check="skip")
+        requirements = project / "requirements"
         for name in ("prod", "dev", "mlflow"):  # each is constrained by the locks before it
             command = [shutil.which("uv"), "pip", "compile", "--quiet", "--python-version", python]
             command += ["--python-platform", "x86_64-manylinux_2_28", f"{name}.in", "-o", f"{name}.txt"]
@@ -286,14 +308,15 @@ def test_locked_modules_cover_the_gpu_build_on_the_oldest_and_newest_python(tmp_
     assert locked_modules("nvidia-cudnn-cu12") == ("nvidia",)  # the CUDA 12.6 build's wheels
 
 
-def test_cuda_choices_match_the_projects_wheel_table():
-    """The template's allowed values and the generated project's build table are one list."""
-    path = next(TEMPLATE.glob("*/src/*/variants.py"))
-    spec = importlib.util.spec_from_file_location("variants", path)
-    variants = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = variants  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(variants)
-    assert list(variants.BUILDS) == CHOICES["cuda_version"]
+def test_torch_and_cuda_choices_match_the_projects_wheel_table():
+    """The template's allowed values and the generated project's table of releases are one list:
+    the releases' pins, newest first and the default, and every build any of them publishes."""
+    variants = wheel_table()
+    assert CHOICES["torch_version"] == [variants.PINS[key] for key in variants.RELEASES]
+    newest = CHOICES["torch_version"][0]
+    assert COOKIECUTTER_JSON["torch_version"] == newest
+    assert sorted(CHOICES["cuda_version"]) == sorted(variants.ALL_BUILDS)
+    assert COOKIECUTTER_JSON["cuda_version"] in variants.RELEASES[variants.release_of(newest)]
 
 
 def test_a_template_given_as_a_relative_path_works(tmp_path):

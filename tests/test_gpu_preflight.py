@@ -342,6 +342,76 @@ print(json.dumps({{"report": report, "problem": process_problem(build, nproc)}})
 """
 
 
+RUN_FOR_RELEASE = """
+import json, sys
+from {package}.gpu.checks import run_checks
+from {package}.gpu.report import to_json
+print(json.dumps(to_json(run_checks(sys.argv[1], include_torch=False, torch_version=sys.argv[2] or None))))
+"""
+
+# id: (build, torch version, or "" for the installed one, GPU, driver, {check id: (status, text)},
+# recommendation). Each release's own builds decide: 2.15 dropped cu126 (pre-Turing GPUs).
+RELEASE_SCENARIOS = {
+    "12.6-dropped-by-2.15": (
+        "12.6",
+        "2.15.0",
+        H100,
+        NEW_DRIVER,
+        {
+            "release": (
+                "fail",
+                "torch 2.15.0 publishes no cu126 wheels (13.2, 13.0, cpu): `make variant "
+                "CUDA=13.2`, or `make upgrade-torch VERSION=2.14.1`",
+            )
+        },
+        "13.2",
+    ),
+    "pascal-on-2.14-takes-12.6": (
+        "13.0",
+        "2.14.1",
+        P100,
+        DRIVER_535,
+        {"arch": ("fail", "use cuda_version 12.6")},
+        "12.6",
+    ),
+    "pascal-on-2.15-has-no-build": (
+        "13.0",
+        "2.15.0",
+        P100,
+        NEW_DRIVER,
+        {"arch": ("fail", "no wheel build of this project supports it")},
+        None,
+    ),
+    "13.2-on-2.15": ("13.2", "2.15.0", H100, NEW_DRIVER, {"arch": ("pass", "cu132 wheels")}, "13.2"),
+    "installed-2.13-has-no-13.2": (
+        "13.2",
+        "",
+        H100,
+        NEW_DRIVER,
+        {"release": ("fail", "torch 2.13.0+cpu publishes no cu132 wheels")},
+        "13.0",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("build", "torch", "gpu", "driver", "expected", "recommendation"),
+    RELEASE_SCENARIOS.values(),
+    ids=RELEASE_SCENARIOS.keys(),
+)
+def test_each_release_has_its_own_builds(
+    gpu_project, project_python, nvml_stub, tmp_path, build, torch, gpu, driver, expected, recommendation
+):
+    """The release checked is the installed torch's unless named (the project env has 2.13.0)."""
+    env = machine_env(tmp_path, nvml_stub, {**driver, "gpus": [gpu]}, None)
+    report = run_script(gpu_project, project_python, env, RUN_FOR_RELEASE, build, torch)
+    checks = {c["id"]: c for c in report["checks"]}
+    for check_id, (status, text) in expected.items():
+        assert checks[check_id]["status"] == status and text in checks[check_id]["message"], checks
+    assert report["recommended_cuda_version"] == recommendation
+    assert ("release" in checks) == ("release" in expected)
+
+
 @pytest.fixture(scope="module")
 def gpu_project(tmp_path_factory) -> Path:
     return bake_ok(tmp_path_factory.mktemp("gpu"), cuda_version="13.0", gpu_check="skip")

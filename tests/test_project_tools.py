@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from .conftest import CHOICES, bake_ok, run_make
+from .conftest import CHOICES, COOKIECUTTER_JSON, INSTALLABLE_TORCH, bake_ok, run_make, torch_for
 
 
 def make_dry(project, *args):
@@ -50,12 +50,56 @@ def test_lock_and_sync_use_the_variants_torch_index(tmp_path, cuda):
         assert f"--extra-index-url {url}" in out, out
         assert f"check-index {url}" in out
     prod_in = (project / "requirements" / "prod.in").read_text()
-    assert "torch==2.13.0" in prod_in and "download.pytorch.org" not in prod_in, (
+    assert f"torch=={torch_for(cuda)}" in prod_in and "download.pytorch.org" not in prod_in, (
         "the index belongs to the Makefile, never to the lock inputs"
     )
     assert (
         f"torch build {tag}" in subprocess.run(["make"], cwd=project, capture_output=True, text=True).stdout
     )
+
+
+def test_a_build_the_pinned_release_lacks_is_refused_in_one_line(tmp_path):
+    project = bake_ok(tmp_path, torch_version=INSTALLABLE_TORCH, cuda_version="cpu", gpu_check="skip")
+    before = (project / "env.yml").read_text()
+    result = envtool(project, "set-variant", "13.2")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert f"CUDA='13.2' is not a build of torch {INSTALLABLE_TORCH}" in result.stderr
+    assert (project / "env.yml").read_text() == before
+
+
+def test_upgrade_torch_repins_and_moves_a_build_the_release_dropped(tmp_path):
+    """torch 2.14.1 with CUDA 12.6, upgraded to 2.15.0 (which dropped 12.6): prod.in re-pinned,
+    env.yml moved to the release's PyPI build, and said so; an unknown release changes nothing."""
+    project = bake_ok(tmp_path, torch_version="2.14.1", cuda_version="12.6", gpu_check="skip")
+    files = {name: (project / name).read_text() for name in ("env.yml", "requirements/prod.in")}
+    unknown = envtool(project, "upgrade-torch", "2.16.0")
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1
+    assert "VERSION='2.16.0' is not a torch release in variants.py (2.15.0, 2.14.1, 2.13.0)" in unknown.stderr
+    assert {name: (project / name).read_text() for name in files} == files
+    result = envtool(project, "upgrade-torch", "2.15.0")
+    assert result.returncode == 0, result.stderr
+    assert "torch 2.15.0 publishes no cu126 wheels (only 13.2, 13.0, cpu)" in result.stdout
+    assert "env.yml now pins the cu132 build" in result.stdout
+    assert "torch==2.15.0" in (project / "requirements" / "prod.in").read_text()
+    deps = yaml.safe_load((project / "env.yml").read_text())["dependencies"]
+    assert "cuda-version=13.2" in deps
+    out = make_dry(project, "upgrade-torch", "VERSION=2.15.0")
+    assert "envtool.py upgrade-torch 2.15.0" in out and "rm -f requirements/prod.txt" in out
+
+
+@pytest.mark.slow
+def test_make_upgrade_torch_locks_the_new_release(tmp_path):
+    """A release this machine cannot install is still locked (resolution only). With
+    TORCH_INDEX_URL= (PyTorch's index is unreachable here) the lock takes PyPI's wheel, which for
+    2.15.0 is the CUDA 13.2 build."""
+    project = bake_ok(tmp_path, torch_version=INSTALLABLE_TORCH, cuda_version="13.0", gpu_check="skip")
+    newest = COOKIECUTTER_JSON["torch_version"]
+    result = run_make(project, "upgrade-torch", f"VERSION={newest}", "TORCH_INDEX_URL=")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Locked torch {newest}" in result.stdout
+    prod = (project / "requirements" / "prod.txt").read_text()
+    assert f"torch=={newest}" in prod and "--hash=sha256:" in prod
+    assert "cuda-toolkit==13.2" in prod  # PyPI's torch 2.15 wheel is the CUDA 13.2 build
 
 
 def test_empty_torch_index_means_pip_configuration_only(cpu_bake):
@@ -83,7 +127,8 @@ def test_variant_switch_rejects_unknown_builds(cpu_bake):
     result = envtool(cpu_bake, "set-variant", "11.8")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: CUDA='11.8' is not a build of this project; choose one of: 13.0, 12.6, cpu"
+        f"error: CUDA='11.8' is not a build of torch {INSTALLABLE_TORCH} (requirements/prod.in); "
+        "choose one of: 13.0, 12.6, cpu"
     )
     assert (cpu_bake / "env.yml").read_text() == before
     result = subprocess.run(["make", "variant"], cwd=cpu_bake, capture_output=True, text=True)

@@ -7,6 +7,7 @@ environment's interpreter, because it compares that interpreter's installed pack
 check-index URL           fail fast, with advice, when the PyTorch index cannot be reached
 uv-sources                pip's configured indexes and find-links as uv options
 set-variant CUDA          rewrite env.yml's CUDA pin (the one place that holds it)
+upgrade-torch VERSION     re-pin torch in prod.in, moving env.yml to a build the release publishes
 dotenv KEY=VALUE...       set these lines of .env (compose's variables), keeping any others there
 stamp-lock SOURCE LOCK    record the sha256 of a lock's .in file in the lock (`make lock`)
 check-lock [--image-env]  fail, naming the culprit, when an .in changed since its lock or the
@@ -36,7 +37,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from {{ cookiecutter.package_name }}.variants import CUDA_PIN, WHEEL_TAGS  # noqa: E402
+from {{ cookiecutter.package_name }}.variants import (  # noqa: E402
+    CUDA_PIN,
+    PINS,
+    RELEASES,
+    TORCH_PIN,
+    WHEEL_TAGS,
+    project_cuda,
+    project_torch,
+    release_of,
+)
+
+PROD_IN = ROOT / "requirements" / "prod.in"
 
 
 def fail(message: str) -> int:
@@ -77,8 +89,12 @@ def uv_sources() -> int:
 
 
 def set_variant(cuda: str, env_file: Path = ROOT / "env.yml") -> int:
-    if cuda not in WHEEL_TAGS:
-        return fail(f"CUDA={cuda!r} is not a build of this project; choose one of: {', '.join(WHEEL_TAGS)}")
+    torch = project_torch(PROD_IN) or ""
+    table = RELEASES.get(release_of(torch), WHEEL_TAGS)
+    if cuda not in table:
+        choices = ", ".join(table)
+        where = f"torch {torch} (requirements/prod.in)"
+        return fail(f"CUDA={cuda!r} is not a build of {where}; choose one of: {choices}")
     lines = [line for line in env_file.read_text().splitlines() if not CUDA_PIN.match(line)]
     python = next(i for i, line in enumerate(lines) if re.match(r"\s*- python=", line))
     if cuda != "cpu":
@@ -87,6 +103,25 @@ def set_variant(cuda: str, env_file: Path = ROOT / "env.yml") -> int:
     env_file.write_text("\n".join(lines) + "\n")
     print(f"env.yml now pins the {WHEEL_TAGS[cuda]} build")
     return 0
+
+
+def upgrade_torch(version: str, env_file: Path = ROOT / "env.yml") -> int:
+    """Pin torch `version` in prod.in; when the release publishes no wheels of env.yml's build,
+    switch env.yml to the release's default build and say so. The Makefile re-locks."""
+    release = release_of(version)
+    if release not in RELEASES or not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        known = ", ".join(PINS.values())
+        return fail(f"VERSION={version!r} is not a torch release in variants.py ({known}); add its row first")
+    text = PROD_IN.read_text()
+    if not TORCH_PIN.search(text):
+        return fail(f"{PROD_IN.relative_to(ROOT)} has no `torch==<version>` line to re-pin")
+    PROD_IN.write_text(TORCH_PIN.sub(f"torch=={version}", text, count=1))
+    print(f"{PROD_IN.relative_to(ROOT)} now pins torch=={version}")
+    cuda, table = project_cuda(env_file) or "cpu", RELEASES[release]
+    if cuda in table:
+        return 0
+    print(f"torch {version} publishes no {WHEEL_TAGS[cuda]} wheels (only {', '.join(table)}); switching")
+    return set_variant(next(iter(table)), env_file)  # the release's PyPI build
 
 
 DOTENV_HEADER = "# compose's variables. make writes the build's lines from env.yml; lines you add stay."
@@ -246,6 +281,7 @@ def main(argv: list[str]) -> int:
         "check-index": (check_index, 1),
         "uv-sources": (uv_sources, 0),
         "set-variant": (set_variant, 1),
+        "upgrade-torch": (upgrade_torch, 1),
         "dotenv": (dotenv, 1),  # one KEY=VALUE or more
         "stamp-lock": (stamp_lock, 2),
         "check-lock": (check_lock_command, 0),  # optionally --image-env

@@ -14,16 +14,16 @@ import torch
 from .config import check_device_spec
 from .errors import UserError
 from .gpu.checks import FAIL, run_checks
-from .variants import BUILDS, project_cuda
+from .variants import builds, project_cuda
 
 
 def installed_build() -> str:
     """The build key of the installed torch ("13.0", "cpu", ...), as far as this project knows it."""
     if torch.version.cuda is None:
         return "cpu"
-    key = ".".join(torch.version.cuda.split(".")[:2])
-    same_major = [k for k in BUILDS if k.split(".")[0] == key.split(".")[0]]
-    return key if key in BUILDS else (same_major or ["cpu"])[0]
+    key, table = ".".join(torch.version.cuda.split(".")[:2]), builds()
+    same_major = [k for k in table if k.split(".")[0] == key.split(".")[0]]
+    return key if key in table else (same_major or ["cpu"])[0]
 
 
 def cuda_problem() -> str | None:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from ..variants import BUILDS, project_cuda
+from ..variants import ALL_BUILDS, project_cuda
 from .checks import FAIL, WARN, run_checks
 from .report import render_text, to_json
 
@@ -29,7 +29,7 @@ def process_count(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--strict", action="store_true", help="treat warnings as failures (exit 1)")
-    parser.add_argument("--cuda", choices=list(BUILDS), help="check another build than env.yml's")
+    parser.add_argument("--cuda", choices=list(ALL_BUILDS), help="check another build than env.yml's")
     parser.add_argument("--docker", action="store_true", help="also check the NVIDIA Container Toolkit")
     parser.add_argument(
         "--nproc", type=process_count, metavar="N", help="also check N training processes, one per GPU"

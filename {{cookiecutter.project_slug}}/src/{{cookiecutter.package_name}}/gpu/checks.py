@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..variants import BUILDS, Build
+from ..variants import ALL_BUILDS, PINS, RELEASES, Build, release
 from .snapshot import Gpu, Snapshot, collect
 from .visible import Visible, visible_devices
 
@@ -97,10 +97,10 @@ def fits(build: Build, snapshot: Snapshot, gpus: list[Gpu]) -> bool:
     return all(g.compute_capability and arch_supported(build, g.compute_capability) for g in gpus)
 
 
-def recommend(snapshot: Snapshot, gpus: list[Gpu]) -> str | None:
+def recommend(snapshot: Snapshot, gpus: list[Gpu], table: Mapping[str, Build]) -> str | None:
     if snapshot.problem is None and not snapshot.gpus:
         return "cpu"
-    return next((key for key, build in BUILDS.items() if fits(build, snapshot, gpus)), None)
+    return next((key for key, build in table.items() if fits(build, snapshot, gpus)), None)
 
 
 def _switch(key: str | None, build: Build) -> str:
@@ -163,7 +163,7 @@ def check_cuda_compat(build: Build, snapshot: Snapshot, recommendation: str | No
     )
 
 
-def check_arch(build: Build, snapshot: Snapshot, gpus: list[Gpu]) -> Check:
+def check_arch(build: Build, snapshot: Snapshot, gpus: list[Gpu], table: Mapping[str, Build]) -> Check:
     bad = [g for g in gpus if not (g.compute_capability and arch_supported(build, g.compute_capability))]
     if not bad:
         archs = ", ".join(sorted({g.sm for g in gpus}))
@@ -171,7 +171,7 @@ def check_arch(build: Build, snapshot: Snapshot, gpus: list[Gpu]) -> Check:
     listed = "; ".join(f"GPU {g.index} {g.name} ({g.sm})" for g in bad)
     message = f"{listed}: no kernels in the {build.tag} wheels ({arch_range(build)})"
     other = next(
-        (b for b in BUILDS.values() if b.sass and all(arch_supported(b, g.compute_capability) for g in gpus)),
+        (b for b in table.values() if b.sass and all(arch_supported(b, g.compute_capability) for g in gpus)),
         None,
     )
     if other is None:
@@ -330,7 +330,7 @@ def process_problem(
     env = os.environ if env is None else env
     snapshot = collect() if snapshot is None else snapshot
     visible = None if snapshot.problem else visible_devices(snapshot.gpus, env)
-    check = check_processes(BUILDS[cuda], visible, nproc, env)
+    check = check_processes(ALL_BUILDS[cuda], visible, nproc, env)
     return check.message if check.status == FAIL else None
 
 
@@ -421,6 +421,18 @@ def check_container_toolkit(build: Build) -> Check:
     )
 
 
+def check_release(cuda: str, torch_version: str | None, table: Mapping[str, Build]) -> Check | None:
+    """A FAIL when the torch release publishes no wheels of the project's build; else nothing."""
+    if cuda in table or torch_version is None:
+        return None
+    advice = f"`make variant CUDA={next(iter(table))}`"
+    with_it = [PINS[key] for key, found in RELEASES.items() if cuda in found]
+    if with_it:
+        advice += f", or `make upgrade-torch VERSION={with_it[0]}`"
+    tag, published = ALL_BUILDS[cuda].tag, ", ".join(table)
+    return Check("release", FAIL, f"torch {torch_version} publishes no {tag} wheels ({published}): {advice}")
+
+
 def run_checks(
     cuda: str,
     *,
@@ -429,13 +441,18 @@ def run_checks(
     include_torch: bool = True,
     docker: bool = False,
     nproc: int | None = None,
+    torch_version: str | None = None,
 ) -> Report:
+    """`torch_version`: the release whose builds apply; by default the installed torch's, else the
+    one requirements/prod.in pins."""
     env = os.environ if env is None else env
-    build = BUILDS[cuda]
+    torch_version, table = release(torch_version)
+    build = table.get(cuda, ALL_BUILDS[cuda])
     snapshot = collect() if snapshot is None else snapshot
     visible = None if snapshot.problem else visible_devices(snapshot.gpus, env)
     used = visible.gpus if visible else []
-    report = Report(build, snapshot, visible, recommendation=recommend(snapshot, used))
+    report = Report(build, snapshot, visible, recommendation=recommend(snapshot, used, table))
+    report.checks += [c for c in (check_release(cuda, torch_version, table),) if c]
     report.checks.append(check_nvml(build, snapshot))
     if visible is not None and build.cuda_int is not None and snapshot.gpus:
         report.checks += [
@@ -443,7 +460,7 @@ def run_checks(
             check_cuda_compat(build, snapshot, report.recommendation),
         ]
         if used:
-            report.checks.append(check_arch(build, snapshot, used))
+            report.checks.append(check_arch(build, snapshot, used, table))
         report.checks += [
             check_mig(used, visible),
             check_compute_mode(used),
