@@ -322,7 +322,7 @@ def release_problems(torch_version: str, cuda_version: str, python_version: str)
         return []
     found, release = [], variants.RELEASES[key]
     if cuda_version not in release and cuda_version in variants.ALL_BUILDS:
-        with_it = [pin for k, pin in variants.PINS.items() if cuda_version in variants.RELEASES[k]]
+        with_it = variants.pins_with(cuda_version)
         found.append(
             f"torch {torch_version} publishes no CUDA {cuda_version} build (only {', '.join(release)}); "
             f"choose one of those, or torch_version {' or '.join(with_it)}"

@@ -9,7 +9,7 @@ matrix, the wheels' own requirements on PyPI, and NVIDIA's CUDA compatibility ta
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 Arch = tuple[int, int]  # compute capability (major, minor)
@@ -51,14 +51,8 @@ CU130 = Build(
     sass=((7, 5), (8, 0), (8, 6), (9, 0), (10, 0), (12, 0)),
     ptx=(12, 0),
 )
-CU132 = Build(  # the driver in CUDA 13.2.1's installer (pytorch#196351)
-    "13.2",
-    "cu132",
-    min_driver="580",
-    ga_driver="595.58.03",
-    sass=((7, 5), (8, 0), (8, 6), (9, 0), (10, 0), (12, 0)),
-    ptx=(12, 0),
-)
+# The same architectures and minimum driver as 13.0; the driver in CUDA 13.2.1's installer (pytorch#196351).
+CU132 = replace(CU130, cuda="13.2", tag="cu132", ga_driver="595.58.03")
 CPU = Build("cpu", "cpu")
 
 # The builds each torch release publishes, newest release first; a release's first CUDA build is
@@ -88,6 +82,11 @@ TORCH_PIN = re.compile(r"^torch==(\S+)\s*$", re.M)
 def release_of(version: str) -> str:
     """'2.14.1+cu130' -> '2.14': the key of RELEASES a torch version belongs to."""
     return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def pins_with(cuda: str) -> list[str]:
+    """The pins of the releases that publish the build `cuda`, newest first."""
+    return [PINS[key] for key, table in RELEASES.items() if cuda in table]
 
 
 def supports_python(release: str, python: str) -> bool:

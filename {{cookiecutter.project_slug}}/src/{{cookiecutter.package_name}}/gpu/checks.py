@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..variants import ALL_BUILDS, PINS, RELEASES, Build, release
+from ..variants import ALL_BUILDS, Build, pins_with, release
 from .snapshot import Gpu, Snapshot, collect
 from .visible import Visible, visible_devices
 
@@ -426,7 +426,7 @@ def check_release(cuda: str, torch_version: str | None, table: Mapping[str, Buil
     if cuda in table or torch_version is None:
         return None
     advice = f"`make variant CUDA={next(iter(table))}`"
-    with_it = [PINS[key] for key, found in RELEASES.items() if cuda in found]
+    with_it = pins_with(cuda)
     if with_it:
         advice += f", or `make upgrade-torch VERSION={with_it[0]}`"
     tag, published = ALL_BUILDS[cuda].tag, ", ".join(table)
