@@ -17,6 +17,7 @@ DEMO_TORCH_INDEX_URL ?= $(shell $(PYTHON) -c "import urllib.request as r; u = 'h
 # (pyproject.toml's tool.template.offline-torch), rather than PyPI's multi-GB CUDA build.
 DEMO_TORCH ?= $(if $(DEMO_TORCH_INDEX_URL),,$(shell sed -n 's/^offline-torch = "\(.*\)"/\1/p' pyproject.toml))
 PYTEST_ARGS ?=
+ONLY ?=
 
 # The container tests need an engine, compose and debootstrap (Debian packages), and the Dev Containers
 # CLI (npm, pinned with its hash in tests/node/package-lock.json).
@@ -30,10 +31,17 @@ SLURM_PACKAGES := slurm-wlm munge shellcheck
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(SYNCED): requirements/dev.txt
+# The generated project's bootstrap: its pinned uv, installed by pip with hash checking, then
+# syncing this environment (the tests find uv on PATH here).
+PROJECT := {{cookiecutter.project_slug}}
+BOOTSTRAP := $(PROJECT)/requirements/bootstrap.txt
+LOCKTOOL := $(PY) '$(PROJECT)/tools/locktool.py'
+
+$(SYNCED): requirements/dev.txt $(BOOTSTRAP)
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet pip-tools
-	$(PY) -m piptools sync --quiet requirements/dev.txt
+	@[ -x $(VENV)/bin/uv ] || $(LOCKTOOL) bootstrap '$(BOOTSTRAP)'
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) --require-hashes $$($(LOCKTOOL) uv-sources) \
+	  requirements/dev.txt '$(BOOTSTRAP)'
 	@touch $@
 
 demo: $(SYNCED) ## Bake the default project (CPU build) into build/demo and train it
@@ -84,8 +92,8 @@ lock: $(SYNCED) ## Re-lock requirements/dev.in (UPGRADE=1 upgrades)
 	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
 	  --output-file requirements/dev.txt requirements/dev.in
 
-bench: $(SYNCED) container-tools bench-tools ## Print bake, bake-to-model and training-loop figures
-	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) DEMO_TORCH=$(DEMO_TORCH) $(PY) benchmarks/bench.py
+bench: $(SYNCED) container-tools bench-tools ## Print the figures (first run, loop, serving, images...; ONLY="first-run")
+	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) DEMO_TORCH=$(DEMO_TORCH) $(PY) benchmarks/bench.py $(ONLY)
 
 clean: ## Remove the demo, caches and the template's environment
 	rm -rf build $(VENV) .pytest_cache .ruff_cache tests/node/node_modules

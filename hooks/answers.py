@@ -197,6 +197,7 @@ LOCKED_MODULES: dict[str, tuple[str, ...]] = {
     "tzdata": ("tzdata",),
     "uri-template": ("uri_template",),
     "urllib3": ("urllib3",),
+    "uv": ("uv",),
     "uvicorn": ("uvicorn",),
     "uvloop": ("uvloop",),
     "virtualenv": ("virtualenv",),

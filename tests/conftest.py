@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.error
@@ -32,6 +34,12 @@ from answers import wheel_table  # noqa: E402  (the generated project's variants
 RELEASES, PINS, release_of = wheel_table().RELEASES, wheel_table().PINS, wheel_table().release_of
 # The venv's tools (uv, cookiecutter) must be on PATH for baked Makefiles, however pytest was started.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+# With PYTHONDONTWRITEBYTECODE set (as on some CI machines), each of the suite's hundreds of Python
+# processes would compile torch's modules afresh (about 5 s each). Their bytecode goes to one cache of
+# the session's instead, outside the template (whose files cookiecutter copies) and the bakes.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="template-tests-pycache-")
+atexit.register(shutil.rmtree, os.environ["PYTHONPYCACHEPREFIX"], ignore_errors=True)
 
 
 def option_matrix() -> list[dict[str, str]]:

@@ -232,7 +232,11 @@ def _top_level_imports(root) -> set[str]:
 
 def test_reserved_names_cover_every_third_party_import_of_the_project(tmp_path):
     project = bake_ok(tmp_path, package_name="pkg_under_test")
-    third_party = _top_level_imports(project) - set(sys.stdlib_module_names) - {"pkg_under_test"}
+    local = {
+        "pkg_under_test",
+        *(path.stem for path in (project / "tools").glob("*.py")),
+    }  # envtool imports locktool
+    third_party = _top_level_imports(project) - set(sys.stdlib_module_names) - local
     missing = {name for name in third_party if name.lower() not in module_owners()}
     assert not missing, f"add the distributions of {missing} to LOCKED_MODULES in hooks/answers.py"
 

@@ -254,9 +254,11 @@ def pins(lock_file) -> dict[str, str]:
 def test_locks_are_complete_and_hashed(cpu_project):
     for name in ("prod.txt", "dev.txt"):
         text = (cpu_project / "requirements" / name).read_text()
-        requirements = re.findall(r"^\S+==\S+ \\\n((?:\s+--hash=sha256:[0-9a-f]{64}\s*\\?\n)+)", text, re.M)
+        requirements = re.findall(
+            r"^\S+==\S+(?: ;[^\\\n]+)? \\\n((?:\s+--hash=sha256:[0-9a-f]{64}\s*\\?\n)+)", text, re.M
+        )
         assert len(requirements) == len(pins(cpu_project / "requirements" / name)) > 3
-        assert "make lock" in text.splitlines()[1]
+        assert text.splitlines()[4] == "#    make lock"
         assert "download.pytorch.org" not in text and "/opt/" not in text, "no machine-specific sources"
     assert pins(cpu_project / "requirements" / "prod.txt")["torch"] == f"{INSTALLABLE_TORCH}+cpu"
 
@@ -530,24 +532,113 @@ def test_infer_without_input_is_a_usage_error(cpu_project):
     assert "error: name the inputs, e.g. make infer INPUT=digit.png" in result.stderr
 
 
-def test_pip_tools_fallback_locks_the_same_pins_as_uv(cpu_project, tmp_path):
-    """Without uv on PATH the project locks with pip-compile and syncs with pip-sync: same pins."""
-    project = bake_ok(tmp_path, cuda_version="cpu")
+def without_uv() -> dict[str, str]:
+    """The environment of a machine with no uv: PATH without any folder that holds one."""
     path = os.pathsep.join(
         p for p in os.environ["PATH"].split(os.pathsep) if not os.path.exists(os.path.join(p, "uv"))
     )
-    env = {**os.environ, "PATH": path}
+    return {**os.environ, "PATH": path}
+
+
+def lock_lines(project: Path, name: str) -> list[str]:
+    """A lock's lines but the one that names the program that wrote it."""
+    lines = (project / "requirements" / name).read_text().splitlines()
+    assert lines[1].startswith("# This file "), lines[:3]
+    return lines[:1] + lines[2:]
+
+
+LOCK_FILES = ("bootstrap.txt", "prod.txt", "dev.txt", "mlflow.txt")
+
+
+def test_first_train_without_uv_bootstraps_it_and_writes_the_same_locks(cpu_project, tmp_path):
+    """The default path on a machine without uv: the first `make train` installs the pinned uv with
+    pip, locks and syncs with it, and trains; the locks equal those written with uv on PATH."""
+    project = bake_ok(tmp_path, cuda_version="cpu")
+    result = run_make(project, "train", "ARGS=--no-progress optim.epochs=2", env=without_uv())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Installing the lock engine from requirements/bootstrap.txt (pip, hash-checked)" in result.stdout
+    assert ".venv/bin/uv pip compile" in result.stdout and "piptools" not in result.stdout
+    engine = subprocess.run([project / ".venv" / "bin" / "uv", "--version"], capture_output=True, text=True)
+    assert engine.stdout.split()[1] == pins(project / "requirements" / "bootstrap.txt")["uv"]
+    for name in LOCK_FILES:
+        assert lock_lines(project, name) == lock_lines(cpu_project, name), name
+    assert (project / "models" / "model.pt").is_file()
+    assert run_make(project, "check-lock", env=without_uv()).returncode == 0
+    before = {name: (project / "requirements" / name).read_text() for name in LOCK_FILES}
+    result = run_make(project, "lock", env=without_uv())  # the engine re-locks itself too
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {name: (project / "requirements" / name).read_text() for name in LOCK_FILES} == before
+
+
+FAKE_MICROMAMBA = """#!/bin/sh
+# This machine has no conda: a stand-in that records its arguments and makes the prefix a virtual
+# environment, which has what a conda one from env.yml has for this purpose (python and pip).
+echo "$@" > "$(dirname "$0")/args"
+while [ "$1" != --prefix ]; do shift; done
+exec "$FAKE_PYTHON" -m venv "$2"
+"""
+
+
+def test_conda_path_bootstraps_uv_with_the_environments_pip(cpu_project, tmp_path):
+    """With micromamba on PATH and no uv, the environment comes from env.yml and its own pip installs
+    the pinned uv, which writes the same locks."""
+    project = bake_ok(tmp_path, cuda_version="cpu")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "micromamba").write_text(FAKE_MICROMAMBA)
+    (tools / "micromamba").chmod(0o755)
+    env = without_uv()
+    env.update(PATH=f"{tools}{os.pathsep}{env['PATH']}", FAKE_PYTHON=sys.executable)
     result = run_make(project, "env", env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"Creating the conda environment .venv from env.yml with {tools / 'micromamba'}" in result.stdout
+    assert (tools / "args").read_text().split() == [
+        "create",
+        "--yes",
+        "--quiet",
+        "--prefix",
+        ".venv",
+        "--file",
+        "env.yml",
+    ]
+    assert "Installing the lock engine from requirements/bootstrap.txt (pip, hash-checked)" in result.stdout
+    for name in LOCK_FILES:
+        assert lock_lines(project, name) == lock_lines(cpu_project, name), name
+
+
+def test_pip_tools_locker_writes_the_same_locks_as_uv(cpu_project, tmp_path):
+    """LOCKER=pip-tools locks with pip-compile and syncs with pip-sync: the same files, byte for byte,
+    but the line that names the program."""
+    project = bake_ok(tmp_path, cuda_version="cpu")
+    result = run_make(project, "env", "LOCKER=pip-tools", env=without_uv())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "piptools compile" in result.stdout and "piptools sync" in result.stdout
-    for name in ("prod.txt", "dev.txt", "mlflow.txt"):
-        assert pins(project / "requirements" / name) == pins(cpu_project / "requirements" / name), name
+    assert "uv pip" not in result.stdout
+    for name in LOCK_FILES:
+        assert lock_lines(project, name) == lock_lines(cpu_project, name), name
+    assert "autogenerated by pip-compile" in (project / "requirements" / "prod.txt").read_text()
     check = subprocess.run(
         [str(project / ".venv" / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout
-    result = run_make(project, "test", "ARGS=-q -k config", env=env)
+    result = run_make(project, "test", "ARGS=-q -k config", env=without_uv())
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_tampered_engine_hash_fails_in_one_line(tmp_path):
+    """A bootstrap.txt whose hashes match no uv wheel: pip refuses it, make says so in one line and
+    stops before locking anything."""
+    project = bake_ok(tmp_path, cuda_version="cpu")
+    lock = project / "requirements" / "bootstrap.txt"
+    lock.write_text(re.sub(r"sha256:[0-9a-f]{8}", "sha256:00000000", lock.read_text()))
+    result = run_make(project, "train", env=without_uv())
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("make")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: the uv wheel pip downloaded (sha256 ")
+    assert "matches no hash in requirements/bootstrap.txt" in errors[0]
+    assert not (project / ".venv" / "bin" / "uv").exists()
+    assert sorted(p.name for p in (project / "requirements").glob("*.txt")) == ["bootstrap.txt"]
 
 
 def test_cruft_record_points_at_this_template(cpu_project):

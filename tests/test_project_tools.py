@@ -47,8 +47,9 @@ def test_lock_and_sync_use_the_variants_torch_index(tmp_path, cuda):
     url = f"https://download.pytorch.org/whl/{tag}"
     for target in ("lock", "sync"):
         out = make_dry(project, target)
-        assert f"--extra-index-url {url}" in out, out
+        assert f"--index {url}" in out, out  # uv: after pip's own indexes
         assert f"check-index {url}" in out
+        assert f"--extra-index-url {url}" in make_dry(project, target, "LOCKER=pip-tools")
     prod_in = (project / "requirements" / "prod.in").read_text()
     assert f"torch=={torch_for(cuda)}" in prod_in and "download.pytorch.org" not in prod_in, (
         "the index belongs to the Makefile, never to the lock inputs"
@@ -145,27 +146,38 @@ def test_unreachable_torch_index_fails_fast_with_advice(cpu_bake):
     assert "TORCH_INDEX_URL=" in line
 
 
-def test_uv_gets_pips_configured_sources(cpu_bake):
-    env = {
-        **os.environ,
-        "PIP_FIND_LINKS": "/srv/wheels",
-        "PIP_EXTRA_INDEX_URL": "https://a.example/simple https://b.example/simple",
-    }
-    result = envtool(cpu_bake, "uv-sources", env=env)
-    assert result.returncode == 0, result.stderr
-    args = result.stdout.split()
-    for option, value in [
-        ("--find-links", "/srv/wheels"),
-        ("--extra-index-url", "https://a.example/simple"),
-        ("--extra-index-url", "https://b.example/simple"),
-    ]:
-        assert args[args.index(value) - 1] == option
+def test_uv_gets_pips_configured_sources_pips_index_first(cpu_bake):
+    """uv takes a version's hashes from the first index that has it, pip from all: pip's own index
+    comes first, so the hashes are the ones pip-compile writes."""
+
+    def uv_sources(**variables: str) -> list[str]:
+        command = [sys.executable, "tools/locktool.py", "uv-sources"]
+        env = {key: value for key, value in os.environ.items() if key != "PIP_INDEX_URL"}
+        env.update(PIP_FIND_LINKS="/srv/wheels", **variables)
+        result = subprocess.run(command, cwd=cpu_bake, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    extra = "https://a.example/simple https://b.example/simple"
+    assert uv_sources(PIP_INDEX_URL="https://mirror.example/simple", PIP_EXTRA_INDEX_URL=extra) == [
+        *("--index", "https://mirror.example/simple"),
+        *("--index", "https://a.example/simple", "--index", "https://b.example/simple"),
+        *("--default-index", "https://mirror.example/simple", "--find-links", "/srv/wheels"),
+    ]
+    assert uv_sources(PIP_EXTRA_INDEX_URL=extra)[:2] == ["--index", "https://pypi.org/simple"]
+
+
+def test_unknown_locker_is_one_line(cpu_bake):
+    result = subprocess.run(["make", "env", "LOCKER=poetry"], cwd=cpu_bake, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "LOCKER=poetry is not a lock engine; use LOCKER=uv or LOCKER=pip-tools" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (cpu_bake / ".venv").exists()
 
 
 def test_missing_python_gets_one_clear_line(cpu_bake):
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no pyenv, no uv, no conda
     result = subprocess.run(
-        ["make", "env", "PYTHON_VERSION=3.99", "CONDA=", "UV="],
+        ["make", "env", "PYTHON_VERSION=3.99", "CONDA="],
         cwd=cpu_bake,
         capture_output=True,
         text=True,

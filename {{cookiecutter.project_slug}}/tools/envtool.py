@@ -1,15 +1,14 @@
 """Environment chores for the Makefile.
 
-It imports only the standard library and the project's own variants.py, so any Python 3 runs it,
-before the environment exists; check-lock is the exception in spirit: it is run by the
-environment's interpreter, because it compares that interpreter's installed packages with the locks.
+It imports only the standard library, the project's own variants.py and locktool.py beside it, so
+any Python 3 runs it, before the environment exists; check-lock and develop are the exceptions in
+spirit: the environment's interpreter runs them, because they read or change its site-packages.
 
 check-index URL           fail fast, with advice, when the PyTorch index cannot be reached
-uv-sources                pip's configured indexes and find-links as uv options
 set-variant CUDA          rewrite env.yml's CUDA pin (the one place that holds it)
 upgrade-torch VERSION     re-pin torch in prod.in, moving env.yml to a build the release publishes
 dotenv KEY=VALUE...       set these lines of .env (compose's variables), keeping any others there
-stamp-lock SOURCE LOCK    record the sha256 of a lock's .in file in the lock (`make lock`)
+develop                   put src/ on this interpreter's import path (a .pth file in site-packages)
 check-lock [--image-env]  fail, naming the culprit, when an .in changed since its lock or the
                           environment differs from the locks (--image-env: the dev image's, which
                           is rebuilt rather than synced)
@@ -26,16 +25,19 @@ import hashlib
 import importlib.metadata
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
+import sysconfig
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tools"))  # when loaded from elsewhere (the tests)
+
+from locktool import LOCK_INPUT  # noqa: E402
 
 from {{ cookiecutter.package_name }}.variants import (  # noqa: E402
     CUDA_PIN,
@@ -68,24 +70,6 @@ def check_index(url: str, timeout: float = 5.0) -> int:
             f"cannot reach the PyTorch index {url} ({reason}); set TORCH_INDEX_URL to a reachable "
             "mirror, or TORCH_INDEX_URL= to use only the indexes in pip's configuration"
         )
-
-
-def uv_sources() -> int:
-    """Translate `pip config list` (files and PIP_* variables) into uv options."""
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
-    ).stdout
-    flags = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links"}
-    args: list[str] = []
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        option = flags.get(key.rsplit(".", 1)[-1])
-        if option:
-            for item in shlex.split(value.strip().strip("'\"")):
-                if item not in args:
-                    args += [option, item]
-    print(shlex.join(args))
-    return 0
 
 
 def set_variant(cuda: str, env_file: Path = ROOT / "env.yml") -> int:
@@ -137,7 +121,6 @@ def dotenv(*pairs: str, path: Path = ROOT / ".env") -> int:
     return 0
 
 
-LOCK_INPUT = re.compile(r"^# lock input sha256: ([0-9a-f]{64})\n?", re.M)
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
 # What pip-sync leaves alone when it is not in a lock: environment tooling.
 TOOLING = {"pip", "pip-tools", "setuptools", "wheel", "distribute", "pkg-resources"}
@@ -151,10 +134,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def stamp_lock(source: str, lock: str) -> int:
-    lock_path = Path(lock)
-    text = LOCK_INPUT.sub("", lock_path.read_text())
-    lock_path.write_text(f"{text.rstrip()}\n# lock input sha256: {sha256(Path(source))}\n")
+def develop() -> int:
+    """What an editable install leaves behind, a path in a .pth file, without building anything."""
+    site = Path(sysconfig.get_path("purelib"))
+    (site / "_{{ cookiecutter.package_name }}.pth").write_text(f"{ROOT / 'src'}\n")
     return 0
 
 
@@ -197,7 +180,6 @@ def check_lock(root: Path = ROOT, image_env: bool = False) -> int:
         if recorded is None or recorded[1] != sha256(source):
             problems.append(f"{source.relative_to(root)} changed after {where} was locked: run `make lock`")
         pins.update({normalize(name): version for name, version in PIN.findall(text)})
-    project = re.search(r'^name = "(.+)"', (root / "pyproject.toml").read_text(), re.M)
     installed, broken = installed_packages()
     problems += broken
     for name, version in sorted(pins.items()):
@@ -205,7 +187,7 @@ def check_lock(root: Path = ROOT, image_env: bool = False) -> int:
             problems.append(f"{name}=={version} is locked but not installed: {sync}")
         elif installed[name] != version:
             problems.append(f"{name} {installed[name]} is installed but the lock pins {version}: {sync}")
-    extra = set(installed) - set(pins) - TOOLING - {normalize(project[1]) if project else ""}
+    extra = set(installed) - set(pins) - TOOLING
     problems += [
         f"{name} {installed[name]} is installed but not locked: {sync}, or add it to "
         "requirements/*.in and `make lock`"
@@ -279,11 +261,10 @@ def check_lock_command(*flags: str) -> int:
 def main(argv: list[str]) -> int:
     commands = {
         "check-index": (check_index, 1),
-        "uv-sources": (uv_sources, 0),
         "set-variant": (set_variant, 1),
         "upgrade-torch": (upgrade_torch, 1),
         "dotenv": (dotenv, 1),  # one KEY=VALUE or more
-        "stamp-lock": (stamp_lock, 2),
+        "develop": (develop, 0),
         "check-lock": (check_lock_command, 0),  # optionally --image-env
         "exec": (exec_tool, 1),  # a tool and its arguments
         "locked": (locked, 2),  # a lock file and a command, the command of any length
