@@ -174,6 +174,19 @@ def test_unknown_locker_is_one_line(cpu_bake):
     assert len(result.stderr.splitlines()) == 1 and not (cpu_bake / ".venv").exists()
 
 
+def test_missing_engine_lock_is_one_line(tmp_path):
+    project = bake_ok(tmp_path, cuda_version="cpu")
+    (project / "requirements" / "bootstrap.txt").unlink()
+    result = subprocess.run(["make", "train"], cwd=project, capture_output=True, text=True)
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("make")]
+    assert line == (
+        "error: requirements/bootstrap.txt is missing: restore it (git checkout requirements/bootstrap.txt); "
+        "it pins the engine that writes the other locks"
+    )
+    assert not (project / ".venv").exists()
+
+
 def test_missing_python_gets_one_clear_line(cpu_bake):
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no pyenv, no uv, no conda
     result = subprocess.run(

@@ -344,7 +344,8 @@ def test_finish_gives_uvs_lock_pip_compiles_layout(tmp_path):
     and the input's sha256; a lock pip-compile wrote is only re-stamped."""
     locktool = load_tool("locktool")
     source, lock = tmp_path / "dev.in", tmp_path / "dev.txt"
-    source.write_text("pip-tools>=7\nsetuptools\nuvloop>=0.19;sys_platform!='win32'  # fast loop\n")
+    (tmp_path / "serve.in").write_text("uvloop>=0.19;sys_platform!='win32'  # fast loop\n")
+    source.write_text("pip-tools>=7\nsetuptools\n-r serve.in\n")
     lock.write_text(UV_LOCK)
     assert locktool.finish(str(source), str(lock)) == 0
     python = ".".join(map(str, sys.version_info[:2]))

@@ -87,7 +87,8 @@ def uv_sources() -> int:
 
 
 def direct_markers(source: Path) -> dict[str, str]:
-    """The environment markers of the requirement lines of an .in file, as pip-compile writes them."""
+    """The environment markers of an .in file's requirement lines (and of the files it includes with
+    -r), as pip-compile writes them."""
     try:
         from packaging.markers import Marker
     except ImportError:  # before the first sync: the copy pip carries
@@ -95,8 +96,11 @@ def direct_markers(source: Path) -> dict[str, str]:
     markers = {}
     for line in source.read_text().splitlines():
         requirement, _, marker = line.split(" #", 1)[0].partition(";")
+        included = re.match(r"\s*(?:-r|--requirement)[\s=]+(\S+)", requirement)
         name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-        if name and marker.strip() and not requirement.lstrip().startswith("-"):
+        if included:
+            markers.update(direct_markers(source.parent / included[1]))
+        elif name and marker.strip():
             markers[re.sub(r"[-_.]+", "-", name[1]).lower()] = str(Marker(marker.strip()))
     return markers
 
