@@ -65,8 +65,10 @@ def launch(config: Config, args: argparse.Namespace) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // args.nproc)))  # no oversubscription
     # Restarted workers must not share the rendezvous store: they would read the dead group's
-    # addresses and fail to connect (pytorch/pytorch#135712).
-    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    # addresses and fail to connect (pytorch/pytorch#135712). Without restarts they do share it: rank 0
+    # then binds no port of its own, which another socket can take first (pytorch/pytorch#85604).
+    if args.max_restarts:
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     arguments = torchrun_arguments(args)
     print("launching: torchrun " + " ".join(arguments), file=sys.stderr, flush=True)
     from torch.distributed.elastic.multiprocessing.api import SignalException
