@@ -21,7 +21,6 @@ locked LOCKFILE CMD...    run CMD holding an exclusive lock on LOCKFILE (waits f
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.metadata
 import os
 import re
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tools"))  # when loaded from elsewhere (the tests)
 
-from locktool import LOCK_INPUT  # noqa: E402
+from locktool import LOCK_INPUT, normalize, sha256  # noqa: E402
 
 from {{ cookiecutter.package_name }}.variants import (  # noqa: E402
     CUDA_PIN,
@@ -124,14 +123,6 @@ def dotenv(*pairs: str, path: Path = ROOT / ".env") -> int:
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
 # What pip-sync leaves alone when it is not in a lock: environment tooling.
 TOOLING = {"pip", "pip-tools", "setuptools", "wheel", "distribute", "pkg-resources"}
-
-
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def develop() -> int:
