@@ -26,7 +26,7 @@ NODE_TOOLS := tests/node/node_modules/.installed
 # The SLURM tests run a one-node cluster (slurmctld, slurmd, munged) and shellcheck the sbatch script.
 SLURM_PACKAGES := slurm-wlm munge shellcheck
 
-.PHONY: help demo test test-fast lint lock bench clean container-tools bench-tools slurm-tools
+.PHONY: help demo test test-fast lint lock locks bench clean container-tools bench-tools slurm-tools
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,13 +84,20 @@ test-fast: $(SYNCED) ## Run the quick subset (no slow end-to-end tests)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(SYNCED) ## Lint the template's own code
-	$(PY) -m ruff check hooks tests benchmarks
-	$(PY) -m ruff format --check hooks tests benchmarks
+	$(PY) -m ruff check hooks tests benchmarks tools
+	$(PY) -m ruff format --check hooks tests benchmarks tools
 
-lock: $(SYNCED) ## Re-lock requirements/dev.in (UPGRADE=1 upgrades)
+# The one date every lock is resolved as of: the project template's, which bakes carry.
+LOCK_DATE = $(shell sed -n 's/^\([0-9][^ ]*\)$$/\1/p' $(PROJECT)/requirements/lock-date)
+
+lock: $(SYNCED) ## Re-lock the template's own requirements/dev.in as of the lock date (UPGRADE=1 upgrades)
 	CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile --quiet --generate-hashes \
 	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
-	  --output-file requirements/dev.txt requirements/dev.in
+	  --uploaded-prior-to $(LOCK_DATE) --output-file requirements/dev.txt requirements/dev.in
+
+locks: $(SYNCED) ## Refresh every shipped lock (locks/) and the template's own (UPGRADE=1: as of now)
+	$(PY) tools/refresh_locks.py $(if $(UPGRADE),--upgrade)
+	$(MAKE) --no-print-directory lock
 
 bench: $(SYNCED) container-tools bench-tools ## Print the figures (first run, loop, serving, images...; ONLY="first-run")
 	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) DEMO_TORCH=$(DEMO_TORCH) $(PY) benchmarks/bench.py $(ONLY)

@@ -315,6 +315,7 @@ def test_runs_lists_and_compares(tmp_path):
 def load_tool(name: str):
     spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tools"))  # when loaded from elsewhere (the tests)
 
-from locktool import LOCK_INPUT, normalize, sha256  # noqa: E402
+from locktool import ENGINE_GROUP, REQUIREMENTS, lock_of, normalize, stale  # noqa: E402
 
 from {{ cookiecutter.package_name }}.variants import (  # noqa: E402
     CUDA_PIN,
@@ -157,20 +157,19 @@ def installed_packages() -> tuple[dict[str, str], list[str]]:
 IMAGE_ENV_FIX = "rebuild the dev image (make build-dev on the host, or Rebuild Container)"
 
 
+def synced_extras() -> list[str]:
+    """The optional extras this environment was synced with (the Makefile records them)."""
+    record = Path(sys.prefix) / ".extras"
+    return record.read_text().split() if record.is_file() else []
+
+
 def check_lock(root: Path = ROOT, image_env: bool = False) -> int:
     sync = IMAGE_ENV_FIX if image_env else "run `make sync`"
-    problems, pins = [], {}
-    for source in sorted((root / "requirements").glob("*.in")):
-        lock = source.with_suffix(".txt")
-        where = lock.relative_to(root)
-        if not lock.is_file():
-            problems.append(f"{where} is missing: run `make lock`")
-            continue
-        text = lock.read_text()
-        recorded = LOCK_INPUT.search(text)
-        if recorded is None or recorded[1] != sha256(source):
-            problems.append(f"{source.relative_to(root)} changed after {where} was locked: run `make lock`")
-        pins.update({normalize(name): version for name, version in PIN.findall(text)})
+    problems, pins = stale(root), {}
+    for group in [ENGINE_GROUP, "prod", "dev", *synced_extras()]:
+        lock = root / lock_of(group)
+        if lock.is_file() and (root / REQUIREMENTS / f"{group}.in").is_file():
+            pins.update({normalize(name): version for name, version in PIN.findall(lock.read_text())})
     installed, broken = installed_packages()
     problems += broken
     for name, version in sorted(pins.items()):

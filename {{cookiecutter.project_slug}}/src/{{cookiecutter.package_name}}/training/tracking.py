@@ -144,10 +144,10 @@ class MLflow(Tracker):
         self.client.set_terminated(self.run_id, self.status.to_string(status))
 
 
-# name -> (the backend, the module it needs, where that module is locked)
+# name -> (the backend, the module it needs, the command that installs it: MLflow is an optional extra)
 TRACKERS: dict[str, tuple[type[Tracker], str, str]] = {
-    "tensorboard": (TensorBoard, "tensorboardX", "requirements/prod.txt"),
-    "mlflow": (MLflow, "mlflow", "requirements/mlflow.txt"),
+    "tensorboard": (TensorBoard, "tensorboardX", "make sync"),
+    "mlflow": (MLflow, "mlflow", "make sync EXTRAS=mlflow"),
 }
 
 
@@ -166,11 +166,11 @@ def check_installed(spec: str) -> None:
     """Before training starts: each backend's package is importable (the runtime image, say, has
     only the runtime lock)."""
     for name in backends(spec):
-        _, module, lock = TRACKERS[name]
+        _, module, install = TRACKERS[name]
         if importlib.util.find_spec(module) is None:
             raise UserError(
-                f"tracking={name} needs {module}, which {lock} pins and this environment lacks: "
-                f"`make sync` installs it, or train with tracking=none"
+                f"tracking={name} needs {module}, which this environment lacks: `{install}` installs it "
+                "(the environment keeps it), or train with tracking=none"
             )
 
 
