@@ -44,4 +44,6 @@ def ship_locks(project: Path, context: Mapping[str, object], template: Path) -> 
         for lock in copied:
             lock.unlink()
         return f"Locks: the template's {LOCKS}/{name} is out of date ({problems[0]}); {later}."
-    return f"Locks: the template's tested locks for {what}, resolved as of {date}; make installs them by hash."
+    return (
+        f"Locks: the template's tested locks for {what}, resolved as of {date}; make installs them by hash."
+    )

@@ -15,9 +15,10 @@ TEMPLATE_DIR = (
 sys.path.insert(0, str(TEMPLATE_DIR / "hooks"))
 
 from compose_env import write_compose_env  # noqa: E402
-from locks import ship_locks  # noqa: E402
 from preflight import run_preflight  # noqa: E402
 from provenance import write_cruft_record  # noqa: E402
+
+from locks import ship_locks  # noqa: E402
 
 project = Path.cwd()
 write_cruft_record(project, CONTEXT, TEMPLATE_DIR)

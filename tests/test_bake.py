@@ -46,6 +46,7 @@ EXPECTED_FILES = [
     "requirements/dev.in",
     "requirements/bootstrap.in",
     "requirements/bootstrap.txt",
+    "requirements/lock-date",
     "configs/train.yaml",
     "configs/serve.yaml",
     "tools/envtool.py",

@@ -259,6 +259,7 @@ def test_locks_are_complete_and_hashed(cpu_project):
         )
         assert len(requirements) == len(pins(cpu_project / "requirements" / name)) > 3
         assert text.splitlines()[4] == "#    make lock"
+        assert re.fullmatch(r"# resolved as of \S+Z \(requirements/lock-date\)", text.splitlines()[6])
         assert "download.pytorch.org" not in text and "/opt/" not in text, "no machine-specific sources"
     assert pins(cpu_project / "requirements" / "prod.txt")["torch"] == f"{INSTALLABLE_TORCH}+cpu"
 
@@ -547,27 +548,38 @@ def lock_lines(project: Path, name: str) -> list[str]:
     return lines[:1] + lines[2:]
 
 
-LOCK_FILES = ("bootstrap.txt", "prod.txt", "dev.txt", "mlflow.txt")
+LOCK_FILES = ("bootstrap.txt", "joint.txt", "prod.txt", "dev.txt", "mlflow.txt")
+PROJECT_LOCK_FILES = LOCK_FILES[1:]  # what the template ships per combination of answers
 
 
-def test_first_train_without_uv_bootstraps_it_and_writes_the_same_locks(cpu_project, tmp_path):
+def unlock(project: Path) -> None:
+    """Without the shipped locks: the next make resolves them."""
+    for name in PROJECT_LOCK_FILES:
+        (project / "requirements" / name).unlink()
+
+
+def test_first_train_without_uv_installs_the_shipped_locks_and_resolves_them_the_same(cpu_project, tmp_path):
     """The default path on a machine without uv: the first `make train` installs the pinned uv with
-    pip, locks and syncs with it, and trains; the locks equal those written with uv on PATH."""
+    pip, syncs the shipped locks by hash (no resolution) and trains. The bootstrapped engine resolves
+    them again, as of the lock date, into the same bytes: `make lock`, and from scratch."""
     project = bake_ok(tmp_path, cuda_version="cpu")
+    shipped = {name: (project / "requirements" / name).read_text() for name in LOCK_FILES}
     result = run_make(project, "train", "ARGS=--no-progress optim.epochs=2", env=without_uv())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Installing the lock engine from requirements/bootstrap.txt (pip, hash-checked)" in result.stdout
-    assert ".venv/bin/uv pip compile" in result.stdout and "piptools" not in result.stdout
+    assert "pip compile" not in result.stdout and "piptools" not in result.stdout
     engine = subprocess.run([project / ".venv" / "bin" / "uv", "--version"], capture_output=True, text=True)
     assert engine.stdout.split()[1] == pins(project / "requirements" / "bootstrap.txt")["uv"]
-    for name in LOCK_FILES:
-        assert lock_lines(project, name) == lock_lines(cpu_project, name), name
     assert (project / "models" / "model.pt").is_file()
     assert run_make(project, "check-lock", env=without_uv()).returncode == 0
-    before = {name: (project / "requirements" / name).read_text() for name in LOCK_FILES}
     result = run_make(project, "lock", env=without_uv())  # the engine re-locks itself too
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {name: (project / "requirements" / name).read_text() for name in LOCK_FILES} == before
+    assert ".venv/bin/uv pip compile" in result.stdout
+    assert {name: (project / "requirements" / name).read_text() for name in LOCK_FILES} == shipped
+    unlock(project)
+    result = run_make(project, "env", env=without_uv())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {name: (project / "requirements" / name).read_text() for name in LOCK_FILES} == shipped
 
 
 FAKE_MICROMAMBA = """#!/bin/sh
@@ -581,8 +593,9 @@ exec "$FAKE_PYTHON" -m venv "$2"
 
 def test_conda_path_bootstraps_uv_with_the_environments_pip(cpu_project, tmp_path):
     """With micromamba on PATH and no uv, the environment comes from env.yml and its own pip installs
-    the pinned uv, which writes the same locks."""
+    the pinned uv, which resolves the same locks as the shipped ones."""
     project = bake_ok(tmp_path, cuda_version="cpu")
+    unlock(project)
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "micromamba").write_text(FAKE_MICROMAMBA)
@@ -607,9 +620,10 @@ def test_conda_path_bootstraps_uv_with_the_environments_pip(cpu_project, tmp_pat
 
 
 def test_pip_tools_locker_writes_the_same_locks_as_uv(cpu_project, tmp_path):
-    """LOCKER=pip-tools locks with pip-compile and syncs with pip-sync: the same files, byte for byte,
-    but the line that names the program."""
+    """LOCKER=pip-tools resolves with pip-compile (pip's --uploaded-prior-to) and syncs with pip-sync:
+    the same files as uv's, byte for byte, but the line that names the program."""
     project = bake_ok(tmp_path, cuda_version="cpu")
+    unlock(project)
     result = run_make(project, "env", "LOCKER=pip-tools", env=without_uv())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "piptools compile" in result.stdout and "piptools sync" in result.stdout
@@ -629,6 +643,7 @@ def test_tampered_engine_hash_fails_in_one_line(tmp_path):
     """A bootstrap.txt whose hashes match no uv wheel: pip refuses it, make says so in one line and
     stops before locking anything."""
     project = bake_ok(tmp_path, cuda_version="cpu")
+    unlock(project)
     lock = project / "requirements" / "bootstrap.txt"
     lock.write_text(re.sub(r"sha256:[0-9a-f]{8}", "sha256:00000000", lock.read_text()))
     result = run_make(project, "train", env=without_uv())

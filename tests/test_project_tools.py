@@ -46,10 +46,10 @@ def test_lock_and_sync_use_the_variants_torch_index(tmp_path, cuda):
     tag = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
     url = f"https://download.pytorch.org/whl/{tag}"
     for target in ("lock", "sync"):
-        out = make_dry(project, target)
-        assert f"--index {url}" in out, out  # uv: after pip's own indexes
-        assert f"check-index {url}" in out
-        assert f"--extra-index-url {url}" in make_dry(project, target, "LOCKER=pip-tools")
+        assert f"check-index {url}" in make_dry(project, target)
+    assert f"--torch-index '{url}'" in make_dry(project, "lock")  # locktool.Engine adds it after pip's own
+    assert f"--index {url}" in make_dry(project, "sync")  # uv: after pip's own indexes
+    assert f"--extra-index-url {url}" in make_dry(project, "sync", "LOCKER=pip-tools")
     prod_in = (project / "requirements" / "prod.in").read_text()
     assert f"torch=={torch_for(cuda)}" in prod_in and "download.pytorch.org" not in prod_in, (
         "the index belongs to the Makefile, never to the lock inputs"

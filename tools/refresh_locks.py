@@ -67,7 +67,9 @@ def refresh(folder: Path, move_date: bool, keep_pins: bool) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upgrade", action="store_true", help="resolve as of now and record the date")
-    parser.add_argument("--add", nargs=3, metavar=("PYTHON", "TORCH", "CUDA"), help="ship one more combination")
+    parser.add_argument(
+        "--add", nargs=3, metavar=("PYTHON", "TORCH", "CUDA"), help="ship one more combination"
+    )
     args = parser.parse_args(argv)
     root = TEMPLATE / LOCKS
     folders = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []

@@ -340,15 +340,18 @@ uvloop==0.23.0 \\
 """
 
 
+DATE = "2026-12-07T00:00:00Z"
+
+
 def test_finish_gives_uvs_lock_pip_compiles_layout(tmp_path):
     """The header's shape, the .in's markers where pip-compile writes them, the unsafe packages last,
-    and the input's sha256; a lock pip-compile wrote is only re-stamped."""
+    the date under the header and the input's sha256; a lock pip-compile wrote is only re-stamped."""
     locktool = load_tool("locktool")
     source, lock = tmp_path / "dev.in", tmp_path / "dev.txt"
     (tmp_path / "serve.in").write_text("uvloop>=0.19;sys_platform!='win32'  # fast loop\n")
     source.write_text("pip-tools>=7\nsetuptools\n-r serve.in\n")
     lock.write_text(UV_LOCK)
-    assert locktool.finish(str(source), str(lock)) == 0
+    locktool.finish(lock, [source], DATE)
     python = ".".join(map(str, sys.version_info[:2]))
     digest = file_sha256(source)
     lines = [
@@ -358,6 +361,7 @@ def test_finish_gives_uvs_lock_pip_compiles_layout(tmp_path):
         "#",
         "#    make lock",
         "#",
+        f"# resolved as of {DATE} (requirements/lock-date)",
         *("pip-tools==7.6.2 \\", "    --hash=sha256:bb", "    # via -r requirements/dev.in"),
         *('uvloop==0.23.0 ; sys_platform != "win32" \\', "    --hash=sha256:dd"),
         "    # via -r requirements/dev.in",
@@ -366,34 +370,43 @@ def test_finish_gives_uvs_lock_pip_compiles_layout(tmp_path):
         *("pip==26.3 \\", "    --hash=sha256:aa", "    # via pip-tools"),
         *("setuptools==84.2.1 \\", "    --hash=sha256:cc", "    # via", "    #   -r requirements/dev.in"),
         "    #   pip-tools",
-        f"# lock input sha256: {digest}",
+        f"# input {source} sha256: {digest}",
     ]
     assert lock.read_text() == "\n".join(lines) + "\n"
     finished = lock.read_text()
     source.write_text("pip-tools>=7\n")
-    assert locktool.finish(str(source), str(lock)) == 0  # now pip-compile's layout: only re-stamped
+    locktool.finish(lock, [source], DATE)  # now pip-compile's layout: only re-stamped
     assert lock.read_text() == finished.replace(digest, file_sha256(source))
 
 
-def test_check_lock_names_the_culprit(tmp_path, capsys):
+def locked_project(root: Path, locktool, prod: str) -> Path:
+    """A project's requirements/ holding prod.in and its stamped lock (and the joint one)."""
+    requirements = root / "requirements"
+    requirements.mkdir(exist_ok=True)
+    (requirements / "lock-date").write_text(f"# the date\n{DATE}\n")
+    (requirements / "prod.in").write_text("numpy\n")
+    for name, text in (("prod.txt", prod), ("joint.txt", "")):
+        (requirements / name).write_text(text)
+        locktool.finish(requirements / name, [Path("requirements/prod.in")], DATE)
+    return requirements
+
+
+def test_check_lock_names_the_culprit(tmp_path, capsys, monkeypatch):
     """Against this very interpreter's packages: a stale lock input, a wrong pin, a missing package."""
     import importlib.metadata
 
     envtool, locktool = load_tool("envtool"), load_tool("locktool")
-    (tmp_path / "requirements").mkdir()
-    source, lock = tmp_path / "requirements" / "prod.in", tmp_path / "requirements" / "prod.txt"
-    source.write_text("numpy\n")
+    monkeypatch.chdir(tmp_path)
     installed = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
-    lock.write_text("".join(f"{name}=={version}\n" for name, version in installed.items()))
-    locktool.finish(str(source), str(lock))
+    pinned = "".join(f"{name}=={version}\n" for name, version in installed.items())
+    requirements = locked_project(tmp_path, locktool, pinned)
     assert envtool.check_lock(tmp_path) == 0
-    source.write_text("numpy\ntqdm\n")
+    (requirements / "prod.in").write_text("numpy\ntqdm\n")
     assert envtool.check_lock(tmp_path) == 1
     assert "requirements/prod.in changed after requirements/prod.txt was locked" in capsys.readouterr().err
-    locktool.finish(str(source), str(lock))
     numpy = next(name for name in installed if name.lower() == "numpy")
-    lock.write_text(
-        lock.read_text().replace(f"{numpy}=={installed[numpy]}", f"{numpy}==0.0.1") + "ghost==1.0\n"
+    requirements = locked_project(
+        tmp_path, locktool, pinned.replace(f"{numpy}=={installed[numpy]}", f"{numpy}==0.0.1") + "ghost==1.0\n"
     )
     assert envtool.check_lock(tmp_path) == 1
     err = capsys.readouterr().err
@@ -402,6 +415,24 @@ def test_check_lock_names_the_culprit(tmp_path, capsys):
     # the dev image's environment is rebuilt, never synced in place
     assert envtool.check_lock(tmp_path, image_env=True) == 1
     assert "ghost==1.0 is locked but not installed: rebuild the dev image" in capsys.readouterr().err
+
+
+def test_engine_commands_date_every_resolution_and_exempt_torch(tmp_path):
+    """uv: --exclude-newer with torch exempt, and the torch index after pip's own, exempt from the date
+    (it publishes no upload times); pip-tools: pip's --uploaded-prior-to and the torch index."""
+    locktool = load_tool("locktool")
+    index = "https://download.pytorch.org/whl/cpu"
+    uv = locktool.Engine("uv", "uv", index, DATE, upgrade=False)
+    command = uv.command([Path("requirements/prod.in")], Path("out.txt"), hashes=True, constraint=None)
+    assert command[command.index("--exclude-newer") + 1] == DATE
+    assert command[command.index("--exclude-newer-package") + 1] == "torch=false"
+    config = Path(command[command.index("--config-file") + 1]).read_text()
+    assert f'url = "{index}"' in config and "exclude-newer = false" in config
+    pip_tools = locktool.Engine("pip-tools", "uv", index, DATE, upgrade=True)
+    command = pip_tools.command([Path("a.in")], Path("a.txt"), hashes=False, constraint=Path("joint.txt"))
+    assert command[command.index("--uploaded-prior-to") + 1] == DATE
+    assert command[command.index("--extra-index-url") + 1] == index
+    assert "--upgrade" in command and command[command.index("--constraint") + 1] == "joint.txt"
 
 
 def test_git_hooks_run_the_environments_own_tools(tmp_path):

@@ -76,7 +76,7 @@ def test_an_unknown_backend_is_a_usage_error(spec):
 
 def test_a_backend_this_environment_lacks_is_named_before_training(monkeypatch):
     monkeypatch.setitem(TRACKERS, "absent", (Tracker, "no_such_tracking_module", "make sync EXTRAS=absent"))
-    expected = r"tracking=absent needs no_such_tracking_module, which this environment lacks: `make sync EXTRAS=absent`"
+    expected = r"tracking=absent needs no_such_tracking_module, which this environment lacks: `make sync EXTRAS="
     with pytest.raises(UserError, match=expected):
         tracking.check_installed("tensorboard,absent")
 
@@ -138,7 +138,8 @@ def mlflow_run(store: Path):
 
 # MLflow is an optional extra: `make sync EXTRAS=mlflow` installs it, and with it these tests run.
 needs_mlflow = pytest.mark.skipif(
-    importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed (make sync EXTRAS=mlflow)"
+    importlib.util.find_spec("mlflow") is None,
+    reason="the mlflow extra is not installed (make sync EXTRAS=mlflow)",
 )
 
 

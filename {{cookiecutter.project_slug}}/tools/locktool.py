@@ -75,7 +75,7 @@ def read_date(root: Path = Path()) -> str:
 
 def move_date(root: Path = Path()) -> str:
     """`make lock UPGRADE=1`: resolve as of now, and record it."""
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     path = root / DATE_FILE
     path.write_text(path.read_text().replace(read_date(root), now))
     return now
@@ -92,7 +92,7 @@ def one_line(output: str) -> str:
     """A resolver's failure as one line: its explanation, without the box drawing and the hints."""
     lines = []
     for line in output.splitlines():
-        line = line.strip(" ×╰─▶│").strip()
+        line = line.strip(" \u00d7\u2570\u2500\u25b6\u2502").strip()  # uv's cross and box drawing
         if line.startswith(("hint:", "warning:")):
             break
         if line and "No solution found" not in line:
@@ -171,7 +171,9 @@ def resolve_joint(engine: Engine, core: list[str], extras: list[str]) -> dict[st
             failed[extra] = reason
     reason = engine.compile([source_of(g) for g in core + kept], JOINT)
     if reason is not None:
-        raise LockError(f"{' and '.join(map(str, map(source_of, core)))} cannot be resolved together: {reason}")
+        raise LockError(
+            f"{' and '.join(map(str, map(source_of, core)))} cannot be resolved together: {reason}"
+        )
     return failed
 
 
@@ -198,7 +200,9 @@ def lock(engine: Engine, project_only: bool) -> int:
     core, extras = project_groups()
     try:
         if not project_only and source_of(ENGINE_GROUP).is_file():
-            report(engine.compile([source_of(ENGINE_GROUP)], lock_of(ENGINE_GROUP), hashes=True), ENGINE_GROUP)
+            report(
+                engine.compile([source_of(ENGINE_GROUP)], lock_of(ENGINE_GROUP), hashes=True), ENGINE_GROUP
+            )
         failed = resolve_joint(engine, core, extras)
         for group in core + [extra for extra in extras if extra not in failed]:
             report(engine.compile([source_of(group)], lock_of(group), hashes=True, constraint=JOINT), group)
@@ -245,7 +249,11 @@ def stale(root: Path = Path()) -> list[str]:
             continue
         text = (root / lock_file).read_text()
         recorded = dict(INPUT_STAMP.findall(text))
-        expected = [source_of(g) for g in core + extra_groups] if lock_file == JOINT else [lock_file.with_suffix(".in")]
+        expected = (
+            [source_of(g) for g in core + extra_groups]
+            if lock_file == JOINT
+            else [lock_file.with_suffix(".in")]
+        )
         for source in expected:
             if recorded.get(str(source)) != sha256(root / source):
                 problems.append(f"{source} changed after {lock_file} was locked: run `make lock`")
