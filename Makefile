@@ -96,7 +96,7 @@ lock: $(SYNCED) ## Re-lock the template's own requirements/dev.in as of the lock
 	  --uploaded-prior-to $(LOCK_DATE) --output-file requirements/dev.txt requirements/dev.in
 
 locks: $(SYNCED) ## Refresh every shipped lock (locks/) and the template's own (UPGRADE=1: as of now)
-	$(PY) tools/refresh_locks.py $(if $(UPGRADE),--upgrade)
+	TORCH_INDEX_URL=$(DEMO_TORCH_INDEX_URL) $(PY) tools/refresh_locks.py $(if $(UPGRADE),--upgrade)
 	$(MAKE) --no-print-directory lock
 
 bench: $(SYNCED) container-tools bench-tools ## Print the figures (first run, loop, serving, images...; ONLY="first-run")

@@ -199,8 +199,12 @@ def test_compose_without_its_env_file_names_the_fix(variant):
 
 def test_files_differ_across_builds_only_where_the_build_is_stated(tmp_path):
     """Nothing about CPU vs GPU is rendered outside env.yml: the Makefile and compose decide at run
-    time, so `make variant` is the whole switch."""
+    time, so `make variant` is the whole switch. (The locks are per build: the CPU bake ships with
+    tested ones, the GPU bake resolves its own; tests/test_locks.py covers both.)"""
     cpu, gpu = (bake_ok(tmp_path / cuda, cuda_version=cuda, gpu_check="skip") for cuda in ("cpu", "13.0"))
+    for project in (cpu, gpu):
+        for name in ("joint", "prod", "dev", "mlflow"):
+            (project / "requirements" / f"{name}.txt").unlink(missing_ok=True)
     files = {str(p.relative_to(cpu)) for p in cpu.rglob("*") if p.is_file()}
     assert files == {str(p.relative_to(gpu)) for p in gpu.rglob("*") if p.is_file()}
     differ = {name for name in files if (cpu / name).read_bytes() != (gpu / name).read_bytes()}

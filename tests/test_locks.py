@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEMPLATE, bake, bake_ok, run_make
+from .conftest import COOKIECUTTER_JSON, TEMPLATE, bake, bake_ok, run_make
 from .local_index import Release, serve_index
 
 sys.path.insert(0, str(TEMPLATE / "hooks"))
@@ -74,7 +74,8 @@ def test_shipped_locks_are_current(tmp_path, folder):
 
 
 def test_answers_without_shipped_locks_resolve_on_first_use_and_say_so(tmp_path):
-    result = bake(tmp_path, gpu_check="skip")  # the defaults: a CUDA build of PyTorch's own index
+    # the defaults: torch 2.15.0's CUDA 13.0 build, which only PyTorch's own index serves
+    result = bake(tmp_path, gpu_check="skip", torch_version=COOKIECUTTER_JSON["torch_version"])
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("Locks:")]
     assert lines == [

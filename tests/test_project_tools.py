@@ -120,7 +120,10 @@ def test_variant_switch_rewrites_the_one_pin(tmp_path, cuda):
     tag = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
     assert f"https://download.pytorch.org/whl/{tag}" in make_dry(project, "lock")
     out = make_dry(project, "variant", f"CUDA={cuda}")
-    assert "set-variant" in out and "rm -f requirements/prod.txt requirements/dev.txt" in out
+    assert (
+        "set-variant" in out
+        and "rm -f requirements/prod.txt requirements/joint.txt requirements/dev.txt" in out
+    )
 
 
 def test_variant_switch_rejects_unknown_builds(cpu_bake):

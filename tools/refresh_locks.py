@@ -49,7 +49,14 @@ def refresh(folder: Path, move_date: bool, keep_pins: bool) -> None:
         project = bake(answers_of(folder), Path(scratch))
         for lock in folder.glob("*.txt") if keep_pins else ():
             shutil.copy(lock, project / "requirements")
-        command = ["make", "--no-print-directory", "lock", "TORCH_INDEX_URL="]
+        # The torch index make is given (the template's Makefile: PyTorch's CPU index when it answers),
+        # else pip's configured sources alone.
+        command = [
+            "make",
+            "--no-print-directory",
+            "lock",
+            f"TORCH_INDEX_URL={os.environ.get('TORCH_INDEX_URL', '')}",
+        ]
         result = subprocess.run(command + (["UPGRADE=1"] if move_date else []), cwd=project, text=True)
         if result.returncode != 0:
             raise SystemExit(f"error: make lock failed for {folder.relative_to(TEMPLATE)}")

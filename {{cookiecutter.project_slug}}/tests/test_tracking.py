@@ -76,7 +76,7 @@ def test_an_unknown_backend_is_a_usage_error(spec):
 
 def test_a_backend_this_environment_lacks_is_named_before_training(monkeypatch):
     monkeypatch.setitem(TRACKERS, "absent", (Tracker, "no_such_tracking_module", "make sync EXTRAS=absent"))
-    expected = r"tracking=absent needs no_such_tracking_module, which this environment lacks: `make sync EXTRAS="
+    expected = r"tracking=absent needs no_such_tracking_module, which this environment lacks: `make sync E"
     with pytest.raises(UserError, match=expected):
         tracking.check_installed("tensorboard,absent")
 
