@@ -9,9 +9,9 @@ set-variant CUDA          rewrite env.yml's CUDA pin (the one place that holds i
 upgrade-torch VERSION     re-pin torch in prod.in, moving env.yml to a build the release publishes
 dotenv KEY=VALUE...       set these lines of .env (compose's variables), keeping any others there
 develop                   put src/ on this interpreter's import path (a .pth file in site-packages)
-check-lock [--image-env]  fail, naming the culprit, when an .in changed since its lock or the
-                          environment differs from the locks (--image-env: the dev image's, which
-                          is rebuilt rather than synced)
+check-lock [--image-env]  fail, naming the culprit, when an .in changed since its lock, a lock was
+                          resolved as of another date, or the environment differs from the locks it
+                          was synced with (--image-env: the dev image's, rebuilt rather than synced)
 exec TOOL ARGS...         run a command of the project's environment (ENV_DIR, else .venv): the
                           git hooks call the locked tools this way
 locked LOCKFILE CMD...    run CMD holding an exclusive lock on LOCKFILE (waits for the holder), so that

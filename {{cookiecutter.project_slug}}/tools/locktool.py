@@ -224,15 +224,21 @@ def report(reason: str | None, group: str) -> None:
         raise LockError(f"{source_of(group)} cannot be resolved: {reason}")
 
 
+def unresolved(lock: Path) -> str | None:
+    """Why an extra's lock has no pins (write_unresolved), or None."""
+    found = UNRESOLVED.search(lock.read_text()) if lock.is_file() else None
+    return found[1] if found else None
+
+
 def extras(*names: str) -> int:
     """Before a sync asks for optional extras: each exists and has pins."""
     available = project_groups()[1]
     for name in names:
         if name not in available:
             return fail(f"EXTRAS={name}: no such extra; the extras are {', '.join(available) or 'none'}")
-        unresolved = UNRESOLVED.search(lock_of(name).read_text()) if lock_of(name).is_file() else None
-        if unresolved:
-            return fail(f"the extra {name} ({source_of(name)}) cannot be installed: {unresolved[1]}")
+        reason = unresolved(lock_of(name))
+        if reason:
+            return fail(f"the extra {name} ({source_of(name)}) cannot be installed: {reason}")
     return 0
 
 
@@ -243,17 +249,15 @@ def stale(root: Path = Path()) -> list[str]:
     core, extra_groups = project_groups(root)
     groups = [*([ENGINE_GROUP] if (root / source_of(ENGINE_GROUP)).is_file() else []), *core, *extra_groups]
     locks = [lock_of(group) for group in groups] + ([JOINT] if core else [])
+    # the joint resolution holds every group but an extra left out of it (its lock says why)
+    joined = [g for g in core + extra_groups if not unresolved(root / lock_of(g))]
     for lock_file in locks:
         if not (root / lock_file).is_file():
             problems.append(f"{lock_file} is missing: run `make lock`")
             continue
         text = (root / lock_file).read_text()
         recorded = dict(INPUT_STAMP.findall(text))
-        expected = (
-            [source_of(g) for g in core + extra_groups]
-            if lock_file == JOINT
-            else [lock_file.with_suffix(".in")]
-        )
+        expected = [source_of(g) for g in joined] if lock_file == JOINT else [lock_file.with_suffix(".in")]
         for source in expected:
             if recorded.get(str(source)) != sha256(root / source):
                 problems.append(f"{source} changed after {lock_file} was locked: run `make lock`")
