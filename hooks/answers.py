@@ -102,6 +102,7 @@ LOCKED_MODULES: dict[str, tuple[str, ...]] = {
     "jupyterlab-server": ("jupyterlab_server",),
     "kiwisolver": ("kiwisolver",),
     "lark": ("lark",),
+    "lazy-importer": ("lazy_importer",),
     "mako": ("mako",),
     "markdown": ("markdown",),
     "markupsafe": ("markupsafe",),

@@ -5,6 +5,7 @@ and resolves nothing. Other answers resolve on first use, as of the project's re
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -13,9 +14,24 @@ from pathlib import Path
 LOCKS = "locks"
 
 
+LOCK_SET = re.compile(r"python(?P<python>[\d.]+)-torch(?P<torch>[\d.]+)-(?:cuda(?P<cuda>[\d.]+)|cpu)$")
+
+
 def lock_set_name(python: str, torch: str, cuda: str) -> str:
     """The folder under locks/ of one combination: python3.11-torch2.13.0-cpu, ...-cuda13.0."""
     return f"python{python}-torch{torch}-{'cpu' if cuda == 'cpu' else 'cuda' + cuda}"
+
+
+def answers_of(name: str) -> dict[str, str] | None:
+    """The answers a folder under locks/ is for (lock_set_name's inverse); None for another name."""
+    found = LOCK_SET.match(name)
+    if found is None:
+        return None
+    return {
+        "python_version": found["python"],
+        "torch_version": found["torch"],
+        "cuda_version": found["cuda"] or "cpu",
+    }
 
 
 def project_locktool(project: Path):

@@ -142,10 +142,11 @@ def run_make(project: Path, *targets: str, env: dict[str, str] | None = None, ti
 
 @pytest.fixture(scope="session")
 def cpu_project(tmp_path_factory) -> Path:
-    """A baked CPU project whose environment `make env` built for real (the uv path)."""
+    """A baked CPU project whose environment `make env` built for real (the uv path), with the
+    optional MLflow extra, so that every lock is installed and the project's MLflow tests run."""
     assert shutil.which("uv"), "uv comes with the template's dev requirements"
     project = bake_ok(tmp_path_factory.mktemp("cpu-project"), cuda_version="cpu")
-    result = run_make(project, "env")
+    result = run_make(project, "env", "EXTRAS=mlflow")
     assert result.returncode == 0, result.stdout + result.stderr
     return project
 

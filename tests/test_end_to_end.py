@@ -571,6 +571,7 @@ def test_first_train_without_uv_installs_the_shipped_locks_and_resolves_them_the
     engine = subprocess.run([project / ".venv" / "bin" / "uv", "--version"], capture_output=True, text=True)
     assert engine.stdout.split()[1] == pins(project / "requirements" / "bootstrap.txt")["uv"]
     assert (project / "models" / "model.pt").is_file()
+    assert not list((project / ".venv" / "lib").glob("python*/site-packages/mlflow"))  # an extra: not asked
     assert run_make(project, "check-lock", env=without_uv()).returncode == 0
     result = run_make(project, "lock", env=without_uv())  # the engine re-locks itself too
     assert result.returncode == 0, result.stderr[-2000:]

@@ -20,20 +20,16 @@ from .local_index import Release, serve_index
 
 sys.path.insert(0, str(TEMPLATE / "hooks"))
 from locks import LOCKS, lock_set_name, project_locktool, ship_locks
+from locks import answers_of as lock_set_answers
 
 SHIPPED = sorted(path for path in (TEMPLATE / LOCKS).iterdir() if path.is_dir())
 PROJECT_LOCKS = ("joint.txt", "prod.txt", "dev.txt", "mlflow.txt")
-NAME = re.compile(r"python(?P<python>[\d.]+)-torch(?P<torch>[\d.]+)-(?:cuda(?P<cuda>[\d.]+)|cpu)$")
 
 
 def answers_of(folder: Path) -> dict[str, str]:
-    found = NAME.match(folder.name)
-    assert found, f"{folder.name} is not named python<X.Y>-torch<X.Y.Z>-<cpu|cudaX.Y>"
-    return {
-        "python_version": found["python"],
-        "torch_version": found["torch"],
-        "cuda_version": found["cuda"] or "cpu",
-    }
+    answers = lock_set_answers(folder.name)
+    assert answers, f"{folder.name} is not named python<X.Y>-torch<X.Y.Z>-<cpu|cudaX.Y>"
+    return answers
 
 
 def fresh_caches() -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,22 +20,16 @@ TEMPLATE = Path(__file__).resolve().parent.parent
 SKELETON = TEMPLATE / "{{cookiecutter.project_slug}}"
 sys.path.insert(0, str(TEMPLATE / "hooks"))
 
-from locks import LOCKS, lock_set_name, project_locktool  # noqa: E402
-
-NAME = re.compile(r"python(?P<python>[\d.]+)-torch(?P<torch>[\d.]+)-(?:cuda(?P<cuda>[\d.]+)|cpu)$")
+from locks import LOCKS, answers_of, lock_set_name, project_locktool  # noqa: E402
 
 
-def answers_of(folder: Path) -> dict[str, str]:
-    found = NAME.match(folder.name)
-    if found is None:
+def bake(folder: Path, out: Path) -> Path:
+    """The project those locks are for, baked into `out`."""
+    answers = answers_of(folder.name)
+    if answers is None:
         raise SystemExit(f"error: {folder} is not named python<X.Y>-torch<X.Y.Z>-<cpu|cudaX.Y>")
-    return {**found.groupdict(), "cuda": found["cuda"] or "cpu"}
-
-
-def bake(answers: dict[str, str], out: Path) -> Path:
     command = [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(out), str(TEMPLATE)]
-    command += [f"python_version={answers['python']}", f"torch_version={answers['torch']}"]
-    command += [f"cuda_version={answers['cuda']}", "gpu_check=skip"]
+    command += [f"{key}={value}" for key, value in answers.items()] + ["gpu_check=skip"]
     subprocess.run(command, check=True, capture_output=True, text=True)
     (project,) = out.iterdir()
     return project
@@ -46,7 +39,7 @@ def refresh(folder: Path, move_date: bool, keep_pins: bool) -> None:
     """The combination's locks, resolved again by the baked project's own `make lock`: with the
     shipped pins as the resolver's preferences (keep_pins), and as of now (move_date)."""
     with tempfile.TemporaryDirectory(prefix="refresh-locks-") as scratch:
-        project = bake(answers_of(folder), Path(scratch))
+        project = bake(folder, Path(scratch))
         for lock in folder.glob("*.txt") if keep_pins else ():
             shutil.copy(lock, project / "requirements")
         # The torch index make is given (the template's Makefile: PyTorch's CPU index when it answers),
