@@ -423,13 +423,13 @@ def test_engine_commands_date_every_resolution_and_exempt_torch(tmp_path):
     locktool = load_tool("locktool")
     index = "https://download.pytorch.org/whl/cpu"
     uv = locktool.Engine("uv", "uv", index, DATE, upgrade=False)
-    command = uv.command([Path("requirements/prod.in")], Path("out.txt"), hashes=True, constraint=None)
+    command = uv.command([Path("requirements/prod.in")], Path("out.txt"), True, None, tmp_path)
     assert command[command.index("--exclude-newer") + 1] == DATE
     assert command[command.index("--exclude-newer-package") + 1] == "torch=false"
     config = Path(command[command.index("--config-file") + 1]).read_text()
     assert f'url = "{index}"' in config and "exclude-newer = false" in config
     pip_tools = locktool.Engine("pip-tools", "uv", index, DATE, upgrade=True)
-    command = pip_tools.command([Path("a.in")], Path("a.txt"), hashes=False, constraint=Path("joint.txt"))
+    command = pip_tools.command([Path("a.in")], Path("a.txt"), False, Path("joint.txt"), tmp_path)
     assert command[command.index("--uploaded-prior-to") + 1] == DATE
     assert command[command.index("--extra-index-url") + 1] == index
     assert "--upgrade" in command and command[command.index("--constraint") + 1] == "joint.txt"

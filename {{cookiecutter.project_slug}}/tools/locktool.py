@@ -16,7 +16,6 @@ uv-sources            pip's configured indexes and find-links as uv options, pip
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import os
 import re
@@ -25,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +73,10 @@ def read_date(root: Path = Path()) -> str:
     return next(line for line in lines if line and not line.startswith("#"))
 
 
-def move_date(root: Path = Path()) -> str:
-    """`make lock UPGRADE=1`: resolve as of now, and record it."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def record_date(date: str, root: Path = Path()) -> None:
+    """`make lock UPGRADE=1`, once every lock is resolved as of `date` (now): the new date."""
     path = root / DATE_FILE
-    path.write_text(path.read_text().replace(read_date(root), now))
-    return now
+    path.write_text(path.read_text().replace(read_date(root), date))
 
 
 def project_groups(root: Path = Path()) -> tuple[list[str], list[str]]:
@@ -110,7 +108,10 @@ class Engine:
     date: str
     upgrade: bool
 
-    def command(self, sources: list[Path], output: Path, hashes: bool, constraint: Path | None) -> list[str]:
+    def command(
+        self, sources: list[Path], output: Path, hashes: bool, constraint: Path | None, scratch: Path
+    ) -> list[str]:
+        """The resolver's command line; scratch is a folder for the files it needs besides."""
         flags = ["--quiet", "--output-file", str(output)]
         flags += ["--generate-hashes"] if hashes else []
         flags += ["--upgrade"] if self.upgrade else []
@@ -124,14 +125,14 @@ class Engine:
         flags += ["--exclude-newer", self.date, "--custom-compile-command", "make lock"]
         for package in UNDATED_PACKAGES:
             flags += ["--exclude-newer-package", f"{package}=false"]
-        return [self.uv, *self.torch_index_config(), "pip", "compile", *flags, *map(str, sources)]
+        return [self.uv, *self.torch_index_config(scratch), "pip", "compile", *flags, *map(str, sources)]
 
-    def torch_index_config(self) -> list[str]:
+    def torch_index_config(self, scratch: Path) -> list[str]:
         """The torch index goes after pip's own, exempt from the date (a configuration file is uv's one
         way to exempt an index)."""
         if not self.torch_index:
             return []
-        config = Path(tempfile.mkdtemp(prefix="locktool-")) / "uv.toml"
+        config = scratch / "uv.toml"
         config.write_text(f'[[index]]\nurl = "{self.torch_index}"\nexclude-newer = false\n')
         return ["--config-file", str(config)]
 
@@ -143,18 +144,23 @@ class Engine:
         partial = output.with_name(f".{output.name}.{os.getpid()}")
         if output.is_file() and not self.upgrade:
             shutil.copyfile(output, partial)
-        command = self.command(sources, partial, hashes, constraint)
         program = "piptools compile" if self.name == "pip-tools" else f"{self.uv} pip compile"
         given = " ".join(map(str, sources)) + (f" -c {constraint}" if constraint else "")
         print(f"{program} {given} -> {output} (as of {self.date})", flush=True)
         env = {**os.environ, "CUSTOM_COMPILE_COMMAND": "make lock"}
-        result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        with tempfile.TemporaryDirectory(prefix="locktool-") as scratch:
+            command = self.command(sources, partial, hashes, constraint, Path(scratch))
+            result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         if result.returncode != 0:
             partial.unlink(missing_ok=True)
             return one_line(result.stderr + result.stdout)
         finish(partial, sources, self.date)
         os.replace(partial, output)
         return None
+
+
+class LockError(Exception):
+    """A core group cannot be resolved: make lock fails with this line."""
 
 
 def resolve_joint(engine: Engine, core: list[str], extras: list[str]) -> dict[str, str]:
@@ -175,10 +181,6 @@ def resolve_joint(engine: Engine, core: list[str], extras: list[str]) -> dict[st
             f"{' and '.join(map(str, map(source_of, core)))} cannot be resolved together: {reason}"
         )
     return failed
-
-
-class LockError(Exception):
-    pass
 
 
 def write_unresolved(extra: str, reason: str, date: str) -> None:
@@ -396,9 +398,12 @@ def lock_command(*argv: str) -> int:
     parser.add_argument("--upgrade", action="store_true")
     parser.add_argument("--project", action="store_true")
     args = parser.parse_args(argv)
-    date = move_date() if args.upgrade else read_date()
+    date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if args.upgrade else read_date()
     engine = Engine(args.engine, args.uv, args.torch_index, date, args.upgrade)
-    return lock(engine, project_only=args.project)
+    code = lock(engine, project_only=args.project)
+    if code == 0 and args.upgrade:  # a failed upgrade leaves the date, like the locks, as it was
+        record_date(date)
+    return code
 
 
 def main(argv: list[str]) -> int:
