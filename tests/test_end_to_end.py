@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 
 from .conftest import INSTALLABLE_TORCH, bake_ok, free_port, run_make
+from .test_locks import PROJECT_LOCKS, unlock
 
 pytestmark = pytest.mark.slow
 
@@ -548,14 +549,7 @@ def lock_lines(project: Path, name: str) -> list[str]:
     return lines[:1] + lines[2:]
 
 
-LOCK_FILES = ("bootstrap.txt", "joint.txt", "prod.txt", "dev.txt", "mlflow.txt")
-PROJECT_LOCK_FILES = LOCK_FILES[1:]  # what the template ships per combination of answers
-
-
-def unlock(project: Path) -> None:
-    """Without the shipped locks: the next make resolves them."""
-    for name in PROJECT_LOCK_FILES:
-        (project / "requirements" / name).unlink()
+LOCK_FILES = ("bootstrap.txt", *PROJECT_LOCKS)
 
 
 def test_first_train_without_uv_installs_the_shipped_locks_and_resolves_them_the_same(cpu_project, tmp_path):
